@@ -1,0 +1,53 @@
+"""Helpers shared by tests: run the assets as Dagster would, and read the table back."""
+
+from __future__ import annotations
+
+from dagster import materialize
+
+from toptracks_dagster.artists_db.assets import artist_ids
+from toptracks_dagster.deployments import build_resources
+from toptracks_dagster.dynamodb.table import deserialize_item
+from toptracks_dagster.dynamodb.assets import top_tracks
+from toptracks_dagster.spotify.assets import raw_top_tracks
+
+ALL_ASSETS = [artist_ids, raw_top_tracks, top_tracks]
+
+
+def run_partition(country: str, instance=None, deployment: str = "prod", raise_on_error: bool = True):
+    """Materialize the whole graph for one country partition, with the deployment's resources."""
+    return materialize(ALL_ASSETS, partition_key=country, resources=build_resources(deployment),
+                       instance=instance, raise_on_error=raise_on_error)
+
+
+def scan_table(client, table_name: str) -> dict[tuple[str, str], dict]:
+    items: dict[tuple[str, str], dict] = {}
+    kwargs = {"TableName": table_name, "ConsistentRead": True}
+    while True:
+        page = client.scan(**kwargs)
+        for raw in page["Items"]:
+            item = deserialize_item(raw)
+            items[(item["artist_id"], item["country_track_id"])] = item
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def expected_keys(catalog, artist_ids_: list[str], markets: list[str]) -> dict[tuple[str, str], int]:
+    """(artist_id, '<market>#<track id>') -> rank, straight from the emulator's catalog."""
+    expected: dict[tuple[str, str], int] = {}
+    for market in markets:
+        for artist_id in artist_ids_:
+            seen: set[str] = set()
+            for rank, track in enumerate(catalog.top_tracks(artist_id, market) or [], start=1):
+                if track["id"] not in seen:
+                    seen.add(track["id"])
+                    expected[(artist_id, f"{market}#{track['id']}")] = rank
+    return expected
+
+
+def metadata_of(result, asset_key: str) -> dict:
+    for event in result.get_asset_materialization_events():
+        data = event.event_specific_data.materialization
+        if data.asset_key.to_user_string() == asset_key:
+            return {k: v.value for k, v in data.metadata.items()}
+    raise AssertionError(f"no materialization of {asset_key}")

@@ -1,0 +1,125 @@
+"""`toptracks`: run the main job headless (recorded in the Dagster instance), or open the Dagster UI.
+
+  toptracks run [--countries US,CA]   one run per country partition of `top_tracks_job`, then a summary
+  toptracks dev                        the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
+
+With DAGSTER_DEPLOYMENT=local (the default) both start the embedded stack first: Spotify emulator,
+DynamoDB (moto) and a seeded SQLite artists table. With `prod` they use the config contract's variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from toptracks_dagster import config
+
+DEFAULT_DAGSTER_HOME = "./dagster_home"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="toptracks", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run top_tracks_job for each country partition and print a summary")
+    run.add_argument("--countries", help="comma list of partitions to run (default: all of TOPTRACKS_COUNTRIES)")
+    dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the embedded stack when local)")
+    dev.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args.countries)
+        return _dev(args.port)
+    except config.ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+def _prepare_environment(stack_guard: ExitStack) -> None:
+    """Start the embedded stack when local, and give Dagster a persistent instance directory."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = Path(DEFAULT_DAGSTER_HOME).resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    if config.deployment() == config.LOCAL:
+        from toptracks_dagster.dev.local_stack import LocalStack
+
+        stack = stack_guard.enter_context(LocalStack())
+        os.environ.update(stack.environment())
+        print(f"embedded stack: Spotify emulator {stack.emulator.base_url}, DynamoDB (moto) {stack.dynamodb_endpoint}, "
+              f"artists {stack.artists_db_path}")
+
+
+def _run(countries_arg: str | None) -> int:
+    with ExitStack() as stack_guard:
+        _prepare_environment(stack_guard)
+        # Imported only now: the definitions read the environment the stack just exported.
+        from dagster import DagsterInstance
+
+        from toptracks_dagster.definitions import defs
+
+        configured = config.countries()
+        chosen = config.parse_countries(countries_arg) if countries_arg else configured
+        unknown = [c for c in chosen if c not in configured]
+        if unknown:
+            raise config.ConfigError(
+                f"{', '.join(unknown)} not among the partitions {','.join(configured)}; add to TOPTRACKS_COUNTRIES"
+            )
+        job = defs.resolve_job_def("top_tracks_job")
+        instance = DagsterInstance.get()
+        rows, failed = [], []
+        for country in chosen:
+            started = time.monotonic()
+            result = job.execute_in_process(instance=instance, partition_key=country, raise_on_error=False)
+            metadata = {
+                event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
+                for event in (e.event_specific_data for e in result.get_asset_materialization_events())
+            }
+            if not result.success:
+                failed.append((country, result.run_id, _failure_text(result)))
+            rows.append((country, result.run_id, result.success, metadata, time.monotonic() - started))
+        _print_summary(rows, failed)
+        return 0 if not failed else 1
+
+
+def _failure_text(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            return event.step_failure_data.error.message.strip().splitlines()[0]
+    return "run failed"
+
+
+def _print_summary(rows: list, failed: list) -> None:
+    header = f"{'country':<8}{'artists':>8}{'404':>6}{'tracks':>8}{'written':>9}{'unchanged':>10}{'deleted':>9}{'seconds':>9}  run"
+    print("\n" + header)
+    print("-" * len(header))
+    for country, run_id, success, metadata, seconds in rows:
+        raw = metadata.get("raw_top_tracks", {})
+        table = metadata.get("top_tracks", {})
+        print(
+            f"{country:<8}{raw.get('artists_requested', '-'):>8}{raw.get('artists_not_found_404', '-'):>6}"
+            f"{raw.get('tracks', '-'):>8}{table.get('items_written', '-'):>9}{table.get('items_unchanged', '-'):>10}"
+            f"{table.get('items_deleted', '-'):>9}{seconds:>9.1f}  {run_id[:8]}{'' if success else '  FAILED'}"
+        )
+    for country, run_id, message in failed:
+        print(f"\n{country} failed (run {run_id}): {message}", file=sys.stderr)
+    print(f"\nruns recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
+
+
+def _dev(port: int) -> int:
+    with ExitStack() as stack_guard:
+        _prepare_environment(stack_guard)
+        target = ["-w", "workspace.yaml"] if Path("workspace.yaml").exists() else ["-m", "toptracks_dagster.definitions"]
+        command = [sys.executable, "-m", "dagster", "dev", *target, "-h", "127.0.0.1", "-p", str(port)]
+        try:
+            return subprocess.call(command, env=os.environ.copy())
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

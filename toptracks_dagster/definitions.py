@@ -1,0 +1,15 @@
+"""Table of contents: what the code location holds. Everything is built in its own room."""
+
+from dagster import Definitions
+
+from toptracks_dagster.artists_db.assets import artist_ids
+from toptracks_dagster.deployments import build_resources
+from toptracks_dagster.dynamodb.assets import top_tracks
+from toptracks_dagster.jobs import top_tracks_job
+from toptracks_dagster.spotify.assets import raw_top_tracks
+
+defs = Definitions(
+    assets=[artist_ids, raw_top_tracks, top_tracks],
+    jobs=[top_tracks_job],
+    resources=build_resources(),
+)

@@ -1,0 +1,89 @@
+"""Resources per deployment (DAGSTER_DEPLOYMENT): `local` = the embedded stack, `prod` = the config contract.
+
+Secrets are EnvVars: Dagster resolves them when a run starts and never displays them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import EnvVar
+from dagster_aws.s3 import S3Resource
+
+from toptracks_dagster import config
+from toptracks_dagster.artists_db.resources import MySQLArtistsDatabase, SQLiteArtistsDatabase
+from toptracks_dagster.dynamodb.resources import DynamoDBResource
+from toptracks_dagster.raw_storage.resources import LocalRawStorage, S3RawStorage
+from toptracks_dagster.spotify.resources import SpotifyResource
+
+
+def build_resources(deployment: str | None = None) -> dict:
+    deployment = deployment or config.deployment()
+    return _local_resources() if deployment == config.LOCAL else _prod_resources()
+
+
+def _spotify(api_default: str, token_default: str, concurrency: int, rate: float) -> SpotifyResource:
+    return SpotifyResource(
+        client_id=EnvVar("SPOTIFY_CLIENT_ID"),
+        client_secret=EnvVar("SPOTIFY_CLIENT_SECRET"),
+        api_base_url=config.env("SPOTIFY_API_BASE_URL", api_default),
+        token_url=config.env("SPOTIFY_TOKEN_URL", token_default),
+        concurrency=config.env_int("SPOTIFY_CONCURRENCY", concurrency),
+        requests_per_second=config.env_float("SPOTIFY_REQUESTS_PER_SECOND", rate),
+        max_retry_after_s=config.env_float("SPOTIFY_MAX_RETRY_AFTER_S", 300.0),
+    )
+
+
+def _dynamodb(endpoint_default: str | None) -> DynamoDBResource:
+    return DynamoDBResource(
+        endpoint_url=config.env("DYNAMODB_ENDPOINT_URL", endpoint_default),
+        region_name=config.region(),
+        table_name=config.table_name(),
+        write_concurrency=config.env_int("DYNAMODB_WRITE_CONCURRENCY", 8),
+    )
+
+
+def _local_resources() -> dict:
+    # The embedded stack (`toptracks run` / `toptracks dev` / `toptracks stack`) exports the addresses and the
+    # emulator's per-start credentials; the defaults are where `toptracks stack` listens.
+    host = "127.0.0.1"
+    return {
+        "artists_db": SQLiteArtistsDatabase(path=config.env("TOPTRACKS_LOCAL_ARTISTS_DB", config.DEFAULT_LOCAL_ARTISTS_DB)),
+        "spotify": _spotify(
+            f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/v1", f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/api/token",
+            concurrency=16, rate=0.0,
+        ),
+        "dynamodb": _dynamodb(f"http://{host}:{config.LOCAL_DYNAMODB_PORT}"),
+        "raw_storage": LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR)),
+    }
+
+
+def _prod_resources() -> dict:
+    host = config.env("MYSQL_HOST")
+    user = config.env("MYSQL_USER")
+    if not host or not user:
+        raise config.ConfigError("DAGSTER_DEPLOYMENT=prod needs MYSQL_HOST and MYSQL_USER (see README, Configuration)")
+    iam_auth = config.env_bool("MYSQL_IAM_AUTH")
+    # An empty MYSQL_PASSWORD is a valid (if unwise) password; an unset one means none.
+    password = EnvVar("MYSQL_PASSWORD") if not iam_auth and "MYSQL_PASSWORD" in os.environ else None
+    bucket = config.env("TOPTRACKS_RAW_S3_BUCKET")
+    raw_storage = (
+        S3RawStorage(s3=S3Resource(region_name=config.region()), bucket=bucket)
+        if bucket
+        else LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR))
+    )
+    return {
+        "artists_db": MySQLArtistsDatabase(
+            host=host,
+            port=config.env_int("MYSQL_PORT", 3306),
+            user=user,
+            password=password,
+            database=config.env("MYSQL_DATABASE", "production"),
+            iam_auth=iam_auth,
+            region_name=config.region(),
+            ssl_ca=config.env("MYSQL_SSL_CA"),
+        ),
+        "spotify": _spotify(config.DEFAULT_SPOTIFY_API_BASE_URL, config.DEFAULT_SPOTIFY_TOKEN_URL, concurrency=8, rate=20.0),
+        "dynamodb": _dynamodb(None),
+        "raw_storage": raw_storage,
+    }

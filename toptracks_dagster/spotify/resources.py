@@ -1,0 +1,43 @@
+"""The Spotify resource: configuration of the API client, with the client secret from the environment."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from toptracks_dagster.config import DEFAULT_SPOTIFY_API_BASE_URL, DEFAULT_SPOTIFY_TOKEN_URL
+from toptracks_dagster.spotify.client import SpotifyClient
+
+
+class SpotifyResource(ConfigurableResource):
+    client_id: str = Field(description="SPOTIFY_CLIENT_ID")
+    client_secret: str = Field(description="SPOTIFY_CLIENT_SECRET; pass EnvVar('SPOTIFY_CLIENT_SECRET'), never a literal")
+    api_base_url: str = Field(default=DEFAULT_SPOTIFY_API_BASE_URL, description="SPOTIFY_API_BASE_URL")
+    token_url: str = Field(default=DEFAULT_SPOTIFY_TOKEN_URL, description="SPOTIFY_TOKEN_URL")
+    concurrency: int = Field(default=8, description="Parallel requests per run (SPOTIFY_CONCURRENCY)")
+    requests_per_second: float = Field(
+        default=20.0, description="Request rate cap shared by all workers; 0 = none (SPOTIFY_REQUESTS_PER_SECOND)"
+    )
+    max_retry_after_s: float = Field(
+        default=300.0, description="Longest Retry-After to wait; longer fails the partition (SPOTIFY_MAX_RETRY_AFTER_S)"
+    )
+    max_attempts: int = Field(default=5, description="Tries per request on 5xx, resets, timeouts, malformed JSON")
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 20.0
+
+    def get_client(self, log: Callable[[str], None] | None = None) -> SpotifyClient:
+        return SpotifyClient(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            api_base_url=self.api_base_url,
+            token_url=self.token_url,
+            concurrency=self.concurrency,
+            requests_per_second=self.requests_per_second or None,
+            max_retry_after_s=self.max_retry_after_s,
+            max_attempts=self.max_attempts,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            log=log,
+        )
