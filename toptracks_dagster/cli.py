@@ -27,12 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run top_tracks_job for each country partition and print a summary")
     run.add_argument("--countries", help="comma list of partitions to run (default: all of TOPTRACKS_COUNTRIES)")
+    run.add_argument("--log-level", default="WARNING", help="Dagster console log level (the instance keeps every event)")
     dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the embedded stack when local)")
     dev.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return _run(args.countries)
+            return _run(args.countries, args.log_level.upper())
         return _dev(args.port)
     except config.ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
@@ -54,7 +55,7 @@ def _prepare_environment(stack_guard: ExitStack) -> None:
               f"artists {stack.artists_db_path}")
 
 
-def _run(countries_arg: str | None) -> int:
+def _run(countries_arg: str | None, log_level: str) -> int:
     with ExitStack() as stack_guard:
         _prepare_environment(stack_guard)
         # Imported only now: the definitions read the environment the stack just exported.
@@ -72,12 +73,16 @@ def _run(countries_arg: str | None) -> int:
         job = defs.resolve_job_def("top_tracks_job")
         instance = DagsterInstance.get()
         rows, failed = [], []
+        run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
         for country in chosen:
+            print(f"running top_tracks_job for partition {country} ...", flush=True)
             started = time.monotonic()
-            result = job.execute_in_process(instance=instance, partition_key=country, raise_on_error=False)
+            result = job.execute_in_process(
+                run_config=run_config, instance=instance, partition_key=country, raise_on_error=False
+            )
             metadata = {
-                event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
-                for event in (e.event_specific_data for e in result.get_asset_materialization_events())
+                m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
+                for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())
             }
             if not result.success:
                 failed.append((country, result.run_id, _failure_text(result)))

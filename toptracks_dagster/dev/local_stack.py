@@ -7,6 +7,7 @@ deployment's resources (and every Dagster subprocess) find it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 from contextlib import closing
@@ -49,6 +50,8 @@ class LocalStack:
 
     def start(self) -> "LocalStack":
         from moto.server import ThreadedMotoServer  # heavy import, dev only
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
 
         seed_demo_artists(self.artists_db_path)
         # Per-start throwaway credentials: nothing in the repo, nothing worth leaking.

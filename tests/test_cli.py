@@ -1,0 +1,37 @@
+"""README's first command: `toptracks run` on the embedded default, in a fresh working directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import expected_keys
+from toptracks_dagster.dev.local_stack import DEMO_ARTISTS
+from toptracks_dagster.dev.spotify_emulator import Catalog, demo_artist_ids
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_toptracks_run_on_the_embedded_default_prints_per_country_counts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "SPOTIFY_", "MYSQL_", "TOPTRACKS_", "DYNAMODB_"))}
+    completed = subprocess.run(
+        [sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ids = demo_artist_ids(DEMO_ARTISTS)
+    catalog = Catalog(seed=0)
+    for country in ("US", "CA"):
+        line = next(l for l in completed.stdout.splitlines() if l.startswith(f"{country} "))
+        artists, not_found, tracks, written, unchanged, deleted = map(int, re.split(r"\s+", line)[1:7])
+        assert artists == DEMO_ARTISTS
+        assert not_found == sum(catalog.is_missing(a) for a in ids)
+        assert tracks == written == len(expected_keys(catalog, ids, [country]))
+        assert (unchanged, deleted) == (0, 0)
+    # Runs are recorded in the instance the UI reads (./dagster_home by default).
+    assert (tmp_path / "dagster_home" / "history" / "runs.db").exists()
+    # The emulator's per-start secret never reaches the output.
+    assert "SPOTIFY_CLIENT_SECRET=" not in completed.stdout + completed.stderr

@@ -1,0 +1,31 @@
+"""The code location loads, and `dagster definitions validate` passes from the repo root."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import AssetKey
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_definitions_hold_the_three_assets_and_the_job():
+    from toptracks_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"artist_ids", "raw_top_tracks", "top_tracks"} <= keys
+    assert graph.get(AssetKey("top_tracks")).partitions_def.get_partition_keys() == ["US", "CA"]
+    assert defs.resolve_assets_def(AssetKey("raw_top_tracks")).op.pool == "spotify_api"
+    assert defs.resolve_job_def("top_tracks_job") is not None
+
+
+def test_dagster_definitions_validate_passes_with_workspace_yaml():
+    completed = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "All code locations passed validation" in completed.stdout + completed.stderr
