@@ -3,13 +3,17 @@
 from dagster import Definitions
 
 from toptracks_dagster.artists_db.assets import artist_ids
+from toptracks_dagster.artists_db.sensors import artists_changed_sensor
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.assets import top_tracks
 from toptracks_dagster.jobs import top_tracks_job
+from toptracks_dagster.schedules import daily_refresh
 from toptracks_dagster.spotify.assets import raw_top_tracks
 
 defs = Definitions(
     assets=[artist_ids, raw_top_tracks, top_tracks],
     jobs=[top_tracks_job],
+    sensors=[artists_changed_sensor],
+    schedules=[daily_refresh],
     resources=build_resources(),
 )

@@ -1,0 +1,110 @@
+"""Sensor, schedule and the production instance configuration (PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, SkipReason, build_schedule_context, build_sensor_context, instance_for_test
+
+from tests.conftest import unavailable
+from tests.helpers import expected_keys, run_partition, scan_table
+from toptracks_dagster.artists_db.resources import MySQLArtistsDatabase
+from toptracks_dagster.artists_db.sensors import artists_changed_sensor
+from toptracks_dagster.schedules import daily_refresh
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mysql_resource(artists_table) -> MySQLArtistsDatabase:
+    server = artists_table.server
+    return MySQLArtistsDatabase(host=server["host"], port=server["port"], user=server["user"],
+                                password=server["password"], database=artists_table.database)
+
+
+def tick(cursor, artists_table):
+    context = build_sensor_context(cursor=cursor, resources={"artists_db": mysql_resource(artists_table)})
+    return artists_changed_sensor(context)
+
+
+def test_sensor_requests_every_market_on_change_and_nothing_otherwise(artists_table, some_artist_ids):
+    artists_table.set_ids(some_artist_ids[:4])
+    first = tick(None, artists_table)
+    assert sorted(r.partition_key for r in first.run_requests) == ["CA", "US"]
+    assert isinstance(tick(first.cursor, artists_table), SkipReason)
+    artists_table.add(some_artist_ids[4])
+    second = tick(first.cursor, artists_table)
+    assert sorted(r.partition_key for r in second.run_requests) == ["CA", "US"]
+    assert second.cursor != first.cursor
+    assert {r.run_key for r in second.run_requests}.isdisjoint({r.run_key for r in first.run_requests})
+    artists_table.remove(some_artist_ids[0])
+    assert tick(second.cursor, artists_table).run_requests
+
+
+def test_sensor_driven_runs_add_new_and_drop_removed_artists(prod_env, artists_table, emulator, ddb, some_artist_ids):
+    artists_table.set_ids(some_artist_ids[:4])
+    cursor = None
+    with instance_for_test() as instance:
+        for ids in (some_artist_ids[:4], [*some_artist_ids[1:4], some_artist_ids[10]]):
+            artists_table.set_ids(ids)
+            result = tick(cursor, artists_table)
+            cursor = result.cursor
+            for request in result.run_requests:
+                run_partition(request.partition_key, instance)
+            assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(
+                expected_keys(emulator.catalog, ids, ["US", "CA"])
+            )
+
+
+def test_daily_schedule_requests_every_market_and_is_off_by_default():
+    context = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 27, 6, tzinfo=timezone.utc))
+    requests = list(daily_refresh(context))
+    assert sorted(r.partition_key for r in requests) == ["CA", "US"]
+    assert all(r.run_key.startswith("daily-2026-11-27-") for r in requests)
+    assert daily_refresh.default_status.value == "STOPPED"
+    assert artists_changed_sensor.default_status.value == "STOPPED"
+
+
+@pytest.fixture
+def postgres_database():
+    psycopg2 = pytest.importorskip("psycopg2")
+    params = {"host": os.environ.get("TEST_PG_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_PG_PORT", "5432")),
+              "user": os.environ.get("TEST_PG_USER", "postgres")}
+    name = f"toptracks_dagster_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **params)
+    except psycopg2.OperationalError as error:
+        unavailable(f"PostgreSQL not reachable: {error}")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    yield {**params, "dbname": name}
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def test_production_instance_config_runs_on_postgres(prod_env, artists_table, some_artist_ids, postgres_database,
+                                                     tmp_path, monkeypatch):
+    import psycopg2
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "docs" / "dagster.prod.yaml", home / "dagster.yaml")
+    for name, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": postgres_database["host"],
+                        "DAGSTER_PG_PORT": str(postgres_database["port"]), "DAGSTER_PG_USER": postgres_database["user"],
+                        "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": postgres_database["dbname"]}.items():
+        monkeypatch.setenv(name, value)
+    artists_table.set_ids(some_artist_ids[:3])
+    with DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        result = run_partition("US", instance)
+        assert instance.get_run_by_id(result.run_id).is_success
+    with psycopg2.connect(**postgres_database) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT run_id, status FROM runs")
+        assert cursor.fetchall() == [(result.run_id, "SUCCESS")]
