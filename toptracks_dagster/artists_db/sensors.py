@@ -3,6 +3,7 @@
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from toptracks_dagster.artists_db.resources import ArtistsDatabase
+from toptracks_dagster.config import env_int
 from toptracks_dagster.jobs import top_tracks_job
 from toptracks_dagster.partitions import country_partitions
 
@@ -10,10 +11,10 @@ from toptracks_dagster.partitions import country_partitions
 @sensor(
     name="artists_changed_sensor",
     job=top_tracks_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=env_int("TOPTRACKS_SENSOR_INTERVAL_S", 60),
     default_status=DefaultSensorStatus.STOPPED,
     description=(
-        "Every minute, one aggregate query fingerprints the set of artist ids (count + CRC checksums). When "
+        "Every minute (TOPTRACKS_SENSOR_INTERVAL_S), one aggregate query fingerprints the set of artist ids (count + CRC checksums). When "
         "it changes (artists added or removed), one run per market refreshes that market exactly: new artists "
         "gain their tracks, removed ones lose their items. Nothing changed, nothing launched."
     ),
