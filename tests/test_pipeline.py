@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dagster import instance_for_test
+from dagster import AssetKey, instance_for_test
 
 from tests.helpers import expected_keys, metadata_of, run_partition, scan_table
 
@@ -92,3 +92,23 @@ def test_each_asset_materializes_on_its_own(prod_env, artists_table, emulator, d
         written = metadata_of(table, "top_tracks")["items_written"]
     assert written == len(expected_keys(emulator.catalog, some_artist_ids[:8], ["CA"]))
     assert len(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == written
+
+
+def test_single_run_backfill_handles_a_partition_range(prod_env, artists_table, emulator, ddb, some_artist_ids):
+    """BackfillPolicy.single_run: one run covers every market (the assets loop over context.partition_keys)."""
+    from dagster import materialize
+
+    from tests.helpers import ALL_ASSETS
+    from toptracks_dagster.deployments import build_resources
+
+    artists_table.set_ids(some_artist_ids[:6])
+    with instance_for_test() as instance:
+        result = materialize(ALL_ASSETS, resources=build_resources("prod"), instance=instance, tags={
+            "dagster/asset_partition_range_start": "US", "dagster/asset_partition_range_end": "CA"})
+        assert result.success
+        materialized = instance.get_materialized_partitions(AssetKey("top_tracks"))
+    assert materialized == {"US", "CA"}
+    assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(
+        expected_keys(emulator.catalog, some_artist_ids[:6], ["US", "CA"]))
+    markets = metadata_of(result, "top_tracks")["markets"]
+    assert set(markets) == {"US", "CA"}

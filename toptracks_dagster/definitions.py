@@ -1,6 +1,6 @@
 """Table of contents: what the code location holds. Everything is built in its own room."""
 
-from dagster import Definitions
+from dagster import Definitions, with_source_code_references
 
 from toptracks_dagster.artists_db.assets import artist_ids
 from toptracks_dagster.artists_db.sensors import artists_changed_sensor
@@ -11,7 +11,8 @@ from toptracks_dagster.schedules import daily_refresh
 from toptracks_dagster.spotify.assets import raw_top_tracks
 
 defs = Definitions(
-    assets=[artist_ids, raw_top_tracks, top_tracks],
+    # Code references: each asset's page in the UI links to the file and line that defines it.
+    assets=with_source_code_references([artist_ids, raw_top_tracks, top_tracks]),
     jobs=[top_tracks_job],
     sensors=[artists_changed_sensor],
     schedules=[daily_refresh],
