@@ -2,6 +2,7 @@
 
   toptracks run [--countries US,CA]   one run per country partition of `top_tracks_job`, then a summary
   toptracks dev                        the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
+  toptracks query track|top|popular    read the table: one track, an artist's top list, a market above N
 
 With DAGSTER_DEPLOYMENT=local (the default) both start the embedded stack first: Spotify emulator,
 DynamoDB (moto) and a seeded SQLite artists table. With `prod` they use the config contract's variables.
@@ -18,6 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from toptracks_dagster import config
+from toptracks_dagster.dynamodb.queries import add_query_commands, run_query_command
 
 DEFAULT_DAGSTER_HOME = "./dagster_home"
 
@@ -30,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-level", default="WARNING", help="Dagster console log level (the instance keeps every event)")
     dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the embedded stack when local)")
     dev.add_argument("--port", type=int, default=3000)
+    add_query_commands(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command == "query":
+            return run_query_command(args)
         if args.command == "run":
             return _run(args.countries, args.log_level.upper())
         return _dev(args.port)

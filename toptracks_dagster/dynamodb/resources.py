@@ -38,7 +38,8 @@ class DynamoDBResource(ResourceWithBoto3Configuration):
             config=Config(
                 # botocore's standard mode retries throttling errors and dropped connections with backoff;
                 # UnprocessedItems are not errors to botocore, so the loader resends those itself.
-                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                # total_max_attempts counts the first call, as dagster-aws documents max_attempts.
+                retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
                 connect_timeout=self.connect_timeout_s,
                 read_timeout=self.read_timeout_s,
                 max_pool_connections=self.write_concurrency * 2 + 4,

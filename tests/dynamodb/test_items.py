@@ -1,0 +1,195 @@
+"""Item hygiene and table management: Decimal, empty sets, the 400 KB limit counted as DynamoDB counts it,
+duplicates, popularity, and a table with another schema."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import ClientError
+
+from tests.dynamodb.support import T0, T1, WireRecorder, assert_market_exact, load, outcomes
+from tests.helpers import scan_table
+from toptracks_dagster.dynamodb.table import (
+    GSI_NAME,
+    MAX_ITEM_BYTES,
+    BatchWriter,
+    ItemTooLarge,
+    LoadStats,
+    TableSchemaMismatch,
+    build_item,
+    content_hash,
+    ensure_table,
+    item_size,
+    serialize_item,
+)
+from toptracks_dagster.spotify.client import TopTracksOutcome
+
+
+def a_track(catalog, artist_ids) -> tuple[str, dict]:
+    artist_id = next(a for a in artist_ids if catalog.top_tracks(a, "US"))
+    return artist_id, copy.deepcopy(catalog.top_tracks(artist_id, "US")[0])
+
+
+def test_floats_become_decimals_and_empty_sets_disappear(ddb, table, catalog, artist_ids):
+    artist_id, track = a_track(catalog, artist_ids)
+    track.update({"tempo": 120.5, "energy": 0.1, "audio": {"loudness": -5.25, "tags": set(), "nan": float("nan")},
+                  "genres": set(), "moods": {"calm"}, "segments": [0.3, set(), 2]})
+    item = build_item(artist_id, "US", 1, track, T0)
+    assert item["tempo"] == Decimal("120.5") and isinstance(item["tempo"], Decimal)
+    assert item["energy"] == Decimal("0.1")  # str(0.1), not the binary expansion of the float
+    assert item["audio"] == {"loudness": Decimal("-5.25"), "nan": None}
+    assert "genres" not in item and item["moods"] == {"calm"}
+    assert item["segments"] == [Decimal("0.3"), 2]
+
+    load(ddb, table, "US", [TopTracksOutcome(artist_id, "US", T0, 200, [track])])
+    raw = ddb.get_item(TableName=table, Key={"artist_id": {"S": artist_id},
+                                            "country_track_id": {"S": f"US#{track['id']}"}})["Item"]
+    assert raw["tempo"] == {"N": "120.5"} and raw["energy"] == {"N": "0.1"}
+    assert raw["moods"] == {"SS": ["calm"]} and "genres" not in raw
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_item_size_is_counted_exactly_as_dynamodb_counts_it(ddb, table, catalog, artist_ids, extra):
+    """An item of exactly 400 KB by our count is accepted by DynamoDB Local; one byte more is refused by both."""
+    artist_id, track = a_track(catalog, artist_ids)
+    track["lyrics"] = ""
+    item = build_item(artist_id, "US", 1, track, T0)
+    base = item_size(serialize_item(item))
+    item["lyrics"] = "é" * ((MAX_ITEM_BYTES - base) // 2) + "x" * ((MAX_ITEM_BYTES - base) % 2 + extra)
+    wire = {k: TypeSerializer().serialize(v) for k, v in item.items()}
+    assert item_size(wire) == MAX_ITEM_BYTES + extra
+    if extra:
+        with pytest.raises(ItemTooLarge):
+            serialize_item(item)
+        with pytest.raises(ClientError, match="Item size has exceeded the maximum allowed size"):
+            ddb.put_item(TableName=table, Item=wire)
+    else:
+        assert serialize_item(item) == wire
+        ddb.put_item(TableName=table, Item=wire)  # DynamoDB agrees: exactly at the limit is fine
+
+
+def test_oversized_item_fails_the_load_clearly_and_only_its_artist_waits(ddb, table, catalog, artist_ids):
+    ids = [a for a in artist_ids if catalog.top_tracks(a, "US")][:6]
+    load(ddb, table, "US", outcomes(catalog, ids, "US", T0))
+    before = scan_table(ddb, table)
+    for artist_id in ids:
+        catalog.set_revision(artist_id, 1)
+    outs = outcomes(catalog, ids, "US", T1)
+    big = outs[2]
+    big.tracks[3]["album"]["name"] = "x" * (MAX_ITEM_BYTES + 10)
+    with pytest.raises(ItemTooLarge) as raised:
+        load(ddb, table, "US", outs)
+    message = str(raised.value)
+    assert f"artist_id={big.artist_id}" in message and f"US#{big.tracks[3]['id']}" in message
+    assert "400 KB" in message and "largest attributes: album" in message
+    assert raised.value.size > MAX_ITEM_BYTES
+    after = scan_table(ddb, table)
+    # The oversized artist kept its previous list whole; every other artist was refreshed.
+    assert {k: v for k, v in after.items() if k[0] == big.artist_id} == {
+        k: v for k, v in before.items() if k[0] == big.artist_id}
+    others = [a for a in ids if a != big.artist_id]
+    assert_market_exact({k: v for k, v in after.items() if k[0] != big.artist_id}, catalog, others, "US")
+
+
+def test_duplicate_track_in_one_list_is_one_item(ddb, table, catalog, artist_ids):
+    artist_id, _ = a_track(catalog, artist_ids)
+    tracks = catalog.top_tracks(artist_id, "US")
+    listed = tracks[:3] + [copy.deepcopy(tracks[1])] + tracks[3:5]
+    stats = load(ddb, table, "US", [TopTracksOutcome(artist_id, "US", T0, 200, listed)])
+    items = scan_table(ddb, table)
+    assert len(items) == 5 and stats.duplicate_tracks == 1
+    assert items[(artist_id, f"US#{tracks[1]['id']}")]["rank"] == 2  # the first occurrence's rank
+    assert sorted(item["rank"] for item in items.values()) == [1, 2, 3, 5, 6]
+
+
+def test_a_batch_never_holds_two_requests_for_one_key(ddb, table):
+    recorder = WireRecorder(ddb)
+    writer = BatchWriter(ddb, table, LoadStats(), concurrency=1)
+    for n in range(30):
+        writer.delete("artist", f"US#{n % 20}")  # keys 0-9 twice, within what would be one batch
+    writer.close()  # DynamoDB rejects a whole batch with a repeated key: close() would raise
+    assert all(len(batch) == len({(a, k) for _, a, k in batch}) for batch in recorder.batches)
+    assert sum(len(batch) for batch in recorder.batches) == 30
+
+
+def test_missing_popularity_is_zero_flagged_and_still_swept(ddb, table, catalog, artist_ids):
+    artist_id, track = a_track(catalog, artist_ids)
+    del track["popularity"]
+    stats = load(ddb, table, "US", [TopTracksOutcome(artist_id, "US", T0, 200, [track])])
+    item = scan_table(ddb, table)[(artist_id, f"US#{track['id']}")]
+    assert item["popularity"] == 0 and item["popularity_missing"] is True
+    assert stats.tracks_without_popularity == 1
+    # In the GSI, hence found by the sweep when the artist leaves the artist list.
+    in_gsi = ddb.query(TableName=table, IndexName=GSI_NAME, KeyConditionExpression="country = :m",
+                       ExpressionAttributeValues={":m": {"S": "US"}})["Items"]
+    assert len(in_gsi) == 1
+    other = next(a for a in artist_ids if a != artist_id)
+    load(ddb, table, "US", outcomes(catalog, [other], "US", T1))
+    assert all(key[0] == other for key in scan_table(ddb, table))
+
+
+def test_content_hash_ignores_fetch_time_but_sees_rank_and_content():
+    track = {"id": "a" * 22, "name": "Song", "popularity": 50}
+    assert build_item("x", "US", 1, track, T0)["content_hash"] == build_item("x", "US", 1, track, T1)["content_hash"]
+    assert content_hash("US", 1, track) != content_hash("US", 2, track)
+    assert content_hash("US", 1, track) != content_hash("CA", 1, track)
+    assert content_hash("US", 1, track) != content_hash("US", 1, {**track, "popularity": 51})
+
+
+# ------------------------------------------------------------------------------------------ the table itself
+def test_ensure_table_creates_on_demand_with_an_active_gsi(ddb, dynamodb_local_endpoint, table_name):
+    assert ensure_table(ddb, table_name, dynamodb_local_endpoint) == "created"
+    description = ddb.describe_table(TableName=table_name)["Table"]
+    assert description["TableStatus"] == "ACTIVE"
+    assert description["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    (index,) = description["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == GSI_NAME and index["IndexStatus"] == "ACTIVE"
+    assert index["Projection"]["ProjectionType"] == "ALL"
+    assert ensure_table(ddb, table_name, dynamodb_local_endpoint) == "exists"
+
+
+def test_table_with_another_key_schema_is_refused_showing_both(ddb, dynamodb_local_endpoint, table_name):
+    # The seed's table: key (artist_id, id) -- the same track in two markets overwrote itself.
+    ddb.create_table(
+        TableName=table_name,
+        KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"}, {"AttributeName": "id", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
+                              {"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(TableSchemaMismatch) as raised:
+        ensure_table(ddb, table_name, dynamodb_local_endpoint)
+    message = str(raised.value)
+    assert table_name in message and dynamodb_local_endpoint in message
+    assert "[artist_id (HASH, S), id (RANGE, S)]" in message  # what the table has
+    assert "[artist_id (HASH, S), country_track_id (RANGE, S)]" in message  # what the pipeline needs
+
+
+def test_table_with_a_number_sort_key_is_refused(ddb, dynamodb_local_endpoint, table_name):
+    ddb.create_table(
+        TableName=table_name,
+        KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"},
+                   {"AttributeName": "country_track_id", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
+                              {"AttributeName": "country_track_id", "AttributeType": "N"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(TableSchemaMismatch, match=r"country_track_id \(RANGE, N\).*country_track_id \(RANGE, S\)"):
+        ensure_table(ddb, table_name, dynamodb_local_endpoint)
+
+
+def test_table_without_the_gsi_is_refused(ddb, dynamodb_local_endpoint, table_name):
+    ddb.create_table(
+        TableName=table_name,
+        KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"},
+                   {"AttributeName": "country_track_id", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
+                              {"AttributeName": "country_track_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(TableSchemaMismatch, match=rf"{GSI_NAME} with \[country \(HASH, S\), popularity \(RANGE, N\), "
+                                                  r"projection ALL\], but has \[no such index\]"):
+        ensure_table(ddb, table_name, dynamodb_local_endpoint)
