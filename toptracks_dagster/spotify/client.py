@@ -1,13 +1,19 @@
 """A Spotify Web API client for "Get Artist's Top Tracks" that survives the real API.
 
-What comes from libraries: connection pooling (requests), retries with exponential backoff and jitter on
-5xx, resets and timeouts (urllib3 `Retry`). What is written here, because no kept library does it:
-- one client-credentials token per client, shared by all threads, refreshed before expiry and once on 401;
-- a request pacer shared by all threads: spaces requests to the configured rate, and on a 429 pauses *every*
-  worker for Retry-After (per-request retry libraries only pause the request that got the 429) and lowers the
-  rate, which then climbs back after successes;
+What comes from libraries: connection pooling (requests), and the retry decisions, try counting and
+exponential backoff with jitter on 5xx, connection resets and timeouts (urllib3 `Retry`). What is written here,
+because no kept library does it:
+- one client-credentials token per client, shared by all threads, refreshed before expiry and once on 401
+  (requests-oauthlib fetches tokens but neither shares one across threads nor refreshes client-credentials
+  tokens by itself);
+- a request pacer shared by all threads (`RequestPacer`): spaces requests to the configured rate, and on a
+  429 pauses *every* worker for Retry-After and lowers the rate, which climbs back after successes. Rate-limit
+  libraries (pyrate-limiter, ratelimit, limits) enforce a fixed rate per caller; none pauses all callers on a
+  server's Retry-After or adapts the rate to 429s, and urllib3's Retry only sleeps in the thread that got the
+  429. urllib3's retries go through the pacer too (`_PacedRetry`), so they respect the rate and the pauses;
 - the error policy: 404 is an outcome, 403 and bad credentials stop everything, a Retry-After above the cap
-  fails fast with the wait in the message instead of sleeping for an hour.
+  fails fast with the wait in the message instead of sleeping for an hour, and the first error in any worker
+  stops the whole fetch at once (with the fatal error, not a "stopped" echo of it, as the one raised).
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from toptracks_dagster.artists_db.ids import is_valid_artist_id
@@ -49,6 +57,10 @@ class SpotifyRequestFailed(SpotifyError):
     """A request still failed after its bounded tries."""
 
 
+class _Stopped(SpotifyError):
+    """Raised in a worker once another worker's error has doomed the fetch; never surfaces from iter_top_tracks."""
+
+
 # A request answered 429 this many times in a row gives up (each wait is bounded by the Retry-After cap).
 MAX_429_PER_REQUEST = 20
 
@@ -61,6 +73,12 @@ ACCESS_DENIED_HINT = (
     "keep it. Apply for extended quota in the Spotify developer dashboard, or point SPOTIFY_API_BASE_URL at a "
     "Spotify-compatible endpoint you are allowed to use."
 )
+
+_SERVER_ERRORS = (500, 502, 503, 504)
+# What requests raises when an answer breaks off after its headers, a part urllib3's Retry does not cover.
+_BODY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError)
+_NEVER = threading.Event()  # the stop signal of calls made outside iter_top_tracks: never set
 
 
 def utc_now_iso() -> str:
@@ -77,7 +95,7 @@ class TopTracksOutcome:
     status: int
     tracks: list[dict] | None
     error: dict | None = None
-    attempts: int = 1
+    attempts: int = 1  # HTTP requests sent for this pair, transport retries included (429 waits too)
     bytes: int = 0
 
     def to_json(self) -> dict:
@@ -86,17 +104,21 @@ class TopTracksOutcome:
 
 @dataclass
 class FetchStats:
-    """Counters shared by all workers of one client (guarded by a lock)."""
+    """Counters shared by all workers of one client (guarded by a lock). `requests` counts HTTP requests sent
+    to the API, retries included; `retries` is the part of them that repeated an earlier try."""
 
     requests: int = 0
     status_2xx: int = 0
+    status_401: int = 0
     status_404: int = 0
     status_429: int = 0
     status_5xx: int = 0
+    transport_errors: int = 0  # connection resets, timeouts, bodies cut short
+    malformed_bodies: int = 0
     retries: int = 0
     token_requests: int = 0
     bytes: int = 0
-    paused_s: float = 0.0
+    paused_s: float = 0.0  # summed over workers: time spent waiting for the pacer (rate spacing and 429 pauses)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: float) -> None:
@@ -110,7 +132,11 @@ class FetchStats:
 
 
 class AccessTokenProvider:
-    """One client-credentials token shared by all threads; refreshed shortly before it expires."""
+    """One client-credentials token shared by all threads; refreshed shortly before it expires.
+
+    The lock is held during the token request, so an expiry makes exactly one thread fetch the new token while
+    the others wait for it.
+    """
 
     def __init__(self, session: requests.Session, token_url: str, client_id: str, client_secret: str,
                  timeout: tuple[float, float], stats: FetchStats):
@@ -127,9 +153,10 @@ class AccessTokenProvider:
     def get(self) -> str:
         with self._lock:
             if self._token is None or time.monotonic() >= self._refresh_at:
+                requested = time.monotonic()
                 self._token, lifetime = self._request_token()
-                # Refresh a little early: 10 % of the lifetime, at most a minute.
-                self._refresh_at = time.monotonic() + lifetime - min(60.0, lifetime / 10)
+                # Refresh a little early: 10 % of the lifetime, at most a minute, counted from the request.
+                self._refresh_at = requested + lifetime - min(60.0, lifetime / 10)
             return self._token
 
     def invalidate(self, token: str) -> None:
@@ -148,7 +175,10 @@ class AccessTokenProvider:
                 timeout=self._timeout,
             )
         except requests.RequestException as error:
-            raise SpotifyRequestFailed(f"Spotify token endpoint {self._token_url} unreachable: {type(error).__name__}") from None
+            # The exception text holds no credentials (they travel in a header), but keep it short anyway.
+            raise SpotifyRequestFailed(
+                f"Spotify token endpoint {self._token_url} unreachable: {type(error).__name__}"
+            ) from None
         body = _json_or_none(response)
         if response.status_code in (400, 401) and isinstance(body, dict) and "error" in body:
             raise SpotifyCredentialsError(
@@ -160,47 +190,128 @@ class AccessTokenProvider:
             raise SpotifyRequestFailed(
                 f"Spotify token endpoint {self._token_url} answered HTTP {response.status_code} without a token"
             )
-        return body["access_token"], float(body.get("expires_in") or 3600)
+        try:
+            lifetime = float(body.get("expires_in") or 3600)
+        except (TypeError, ValueError):
+            lifetime = 3600.0
+        return body["access_token"], max(lifetime, 1.0)
 
 
 class RequestPacer:
     """Spaces requests across all threads to a rate, and holds all of them during a 429's Retry-After.
 
-    The rate follows AIMD: halved on each 429 (not below `min_rate`), and it climbs back towards the
-    configured rate by a small step after each success.
+    Hand-written: see the module docstring for why no rate-limit library fits. Behaviour:
+    - requests are spaced 1/rate apart (no start-up burst, no burst after an idle spell), at `headroom` below
+      the configured rate, so scheduling jitter of a few milliseconds never tips a server's rolling window
+      over its limit;
+    - a 429 sets a pause every thread honours, including threads already sleeping towards a slot that now
+      falls inside the pause (they queue again behind it);
+    - AIMD: the rate halves once per congestion event (a 429 on a request sent before the last decrease is
+      the same event, so a burst of 429s from in-flight requests halves it once), not below `min_rate`, and
+      climbs back by 1 % of the configured rate per success.
     """
 
-    def __init__(self, requests_per_second: float | None, min_rate: float = 1.0):
+    def __init__(self, requests_per_second: float | None, min_rate: float = 0.5, headroom: float = 0.03):
         self.max_rate = requests_per_second if requests_per_second and requests_per_second > 0 else None
         self.rate = self.max_rate
-        self._min_rate = min_rate
+        self._min_rate = min(min_rate, self.max_rate) if self.max_rate else min_rate
+        self._spacing_factor = 1.0 / (1.0 - min(max(headroom, 0.0), 0.5))
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._paused_until = 0.0
+        self._epoch = 0  # bumped by every rate decrease
 
-    def wait(self) -> float:
-        """Block until this thread may send; returns the seconds waited."""
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._paused_until)
-            if self.rate:
-                start = max(start, self._next_slot)
-                self._next_slot = start + 1.0 / self.rate
-        delay = start - now
-        if delay > 0:
-            time.sleep(delay)
-        return max(delay, 0.0)
+    def wait(self, stop: threading.Event = _NEVER) -> tuple[float, int]:
+        """Block until this thread may send; returns (seconds waited, rate epoch to pass to `pause`).
 
-    def pause(self, seconds: float) -> None:
+        Raises _Stopped as soon as `stop` is set.
+        """
+        waited = 0.0
+        while True:
+            if stop.is_set():
+                raise _Stopped("fetch stopped after an error in another worker")
+            with self._lock:
+                now = time.monotonic()
+                start = max(now, self._paused_until)
+                if self.rate:
+                    start = max(start, self._next_slot)
+                    self._next_slot = start + self._spacing_factor / self.rate
+                epoch = self._epoch
+            delay = start - now
+            if delay <= 0:
+                return waited, epoch
+            if stop.wait(delay):
+                raise _Stopped("fetch stopped after an error in another worker")
+            waited += delay
+            with self._lock:
+                if time.monotonic() >= self._paused_until:
+                    return waited, self._epoch
+            # A 429 arrived while this thread slept and the pause is still on: take a new slot behind it.
+
+    def pause(self, seconds: float, epoch: int) -> bool:
+        """Hold every thread for `seconds`; returns True if this 429 started a new congestion event."""
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            if epoch != self._epoch:
+                return False
+            self._epoch += 1
             if self.rate:
                 self.rate = max(self._min_rate, self.rate / 2)
+            return True
 
     def success(self) -> None:
         if self.rate and self.max_rate and self.rate < self.max_rate:
             with self._lock:
                 self.rate = min(self.max_rate, self.rate + max(0.05, self.max_rate / 100))
+
+
+class _PacedRetry(Retry):
+    """urllib3's Retry (it decides what to retry, counts tries and computes the exponential backoff with
+    jitter) whose sleep also takes a pacer slot, so transport retries respect the shared rate and 429 pauses,
+    and stop at once when the fetch is doomed. Only `sleep` and `new` are overridden."""
+
+    pacer: RequestPacer | None = None
+    current_stop: Callable[[], threading.Event] = staticmethod(lambda: _NEVER)
+
+    def new(self, **kw):  # type: ignore[override]
+        retry = super().new(**kw)
+        retry.pacer, retry.current_stop = self.pacer, self.current_stop
+        return retry
+
+    def sleep(self, response=None) -> None:  # type: ignore[override]
+        # Retry-After is not honoured here (respect_retry_after_header=False): 429 belongs to the shared pacer.
+        stop = self.current_stop()
+        if stop.wait(self.get_backoff_time()):
+            raise _Stopped("fetch stopped after an error in another worker")
+        if self.pacer is not None:
+            self.pacer.wait(stop)
+
+
+class _Run:
+    """One iter_top_tracks call: its stop signal and the errors that ended it."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.first_error: BaseException | None = None
+        self.fatal: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self.first_error is None:
+                self.first_error = error
+            if self.fatal is None and isinstance(error, FATAL_ERRORS):
+                self.fatal = error
+        self.stop.set()
+
+    def cause(self, error: BaseException | None = None) -> BaseException:
+        """The error to raise: the first fatal one, else the first one (never a worker's _Stopped)."""
+        with self._lock:
+            if self.fatal is not None:
+                return self.fatal
+            if error is not None and not isinstance(error, _Stopped):
+                return error
+            return self.first_error or error or SpotifyError("fetch stopped")
 
 
 class SpotifyClient:
@@ -218,8 +329,10 @@ class SpotifyClient:
         max_retry_after_s: float = 300.0,
         max_attempts: int = 5,
         backoff_s: float = 0.3,
+        backoff_max_s: float = 10.0,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 20.0,
+        rate_headroom: float = 0.03,
         log: Callable[[str], None] | None = None,
     ):
         self.api_base_url = api_base_url.rstrip("/")
@@ -227,26 +340,32 @@ class SpotifyClient:
         self.max_retry_after_s = max_retry_after_s
         self.max_attempts = max(1, max_attempts)
         self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._log = log or (lambda message: None)
         self.stats = FetchStats()
-        self.pacer = RequestPacer(requests_per_second)
-        self._stop = threading.Event()
+        self.pacer = RequestPacer(requests_per_second, headroom=rate_headroom)
+        self._worker = threading.local()  # .stop: the stop Event of the fetch the current thread works for
 
-        retry = Retry(
+        retry_options = dict(
             total=self.max_attempts - 1,
             backoff_factor=backoff_s,
             backoff_jitter=backoff_s,
-            backoff_max=10.0,
-            status_forcelist=(500, 502, 503, 504),
+            backoff_max=backoff_max_s,
+            status_forcelist=_SERVER_ERRORS,
             allowed_methods=("GET", "POST"),
             respect_retry_after_header=False,  # 429 is handled by the shared pacer, never by one thread
             raise_on_status=False,
         )
+        api_retry = _PacedRetry(**retry_options)
+        api_retry.pacer, api_retry.current_stop = self.pacer, self._current_stop
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.concurrency + 2, max_retries=retry)
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.concurrency + 2, max_retries=api_retry)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        # The token endpoint (another host in production) is not paced: its retries use a plain Retry.
+        self._session.mount(token_url, HTTPAdapter(pool_connections=1, pool_maxsize=2,
+                                                   max_retries=Retry(**retry_options)))
         self._tokens = AccessTokenProvider(self._session, token_url, client_id, client_secret, self._timeout, self.stats)
 
     def close(self) -> None:
@@ -263,19 +382,25 @@ class SpotifyClient:
         self._tokens.get()
 
     def top_tracks(self, artist_id: str, market: str) -> TopTracksOutcome:
+        """One (artist, market) pair; 404 is an outcome, anything unrecoverable a SpotifyError."""
+        return self._fetch(artist_id, market, _NEVER)
+
+    def _current_stop(self) -> threading.Event:
+        return getattr(self._worker, "stop", None) or _NEVER
+
+    def _fetch(self, artist_id: str, market: str, stop: threading.Event) -> TopTracksOutcome:
         if not is_valid_artist_id(artist_id):
             # Ids are screened upstream; this guard keeps an unvalidated id out of the URL path regardless.
             raise ValueError(f"refusing to request malformed artist id {artist_id!r}")
+        where = f"top-tracks for artist {artist_id} market {market}"
         url = f"{self.api_base_url}/artists/{artist_id}/top-tracks"
-        attempts = 0
+        tries = 0  # HTTP requests sent for this pair, urllib3's retries included (429s are not tries)
+        sent = 0  # every HTTP request for this pair, 429 and 401 repeats included (TopTracksOutcome.attempts)
         refreshed_after_401 = False
         rate_limited = 0
-        last_problem = ""
         while True:
-            if self._stop.is_set():
-                raise SpotifyError("fetch stopped after a fatal error in another worker")
-            attempts += 1
-            self.stats.add(paused_s=self.pacer.wait())
+            waited, epoch = self.pacer.wait(stop)
+            self.stats.add(paused_s=waited)
             token = self._tokens.get()
             requested_at = utc_now_iso()
             try:
@@ -283,14 +408,37 @@ class SpotifyClient:
                     url, params={"market": market}, headers={"Authorization": f"Bearer {token}"}, timeout=self._timeout
                 )
             except requests.RequestException as error:
-                self.stats.add(requests=1, retries=self.max_attempts - 1)
-                raise SpotifyRequestFailed(
-                    f"top-tracks for artist {artist_id} market {market}: {type(error).__name__} after "
-                    f"{self.max_attempts} tries ({_short(error)})"
-                ) from None
+                if _retries_exhausted(error):
+                    # urllib3 already spent its tries on resets / timeouts (and maybe 5xx) of this request.
+                    self.stats.add(requests=self.max_attempts, retries=self.max_attempts - 1 + (1 if sent else 0),
+                                   transport_errors=1)
+                    raise SpotifyRequestFailed(
+                        f"{where}: {_transport_problem(error)} after {tries + self.max_attempts} tries "
+                        f"({_short(error)})"
+                    ) from None
+                if not isinstance(error, _BODY_ERRORS):  # a bad URL or the like: no retry can help
+                    raise SpotifyRequestFailed(f"{where}: {type(error).__name__} ({_short(error)})") from None
+                # The body broke off after the headers (urllib3's Retry only covers up to the headers).
+                tries += 1
+                sent += 1
+                self.stats.add(requests=1, retries=1 if sent > 1 else 0, transport_errors=1)
+                problem = f"{type(error).__name__} while reading the body"
+                self._back_off_or_fail(where, problem, tries, stop)
+                continue
+
             status = response.status_code
-            retried = len(response.raw.retries.history) if getattr(response.raw, "retries", None) else 0
-            self.stats.add(requests=1, retries=retried, bytes=len(response.content))
+            history = response.raw.retries.history if getattr(response.raw, "retries", None) else ()
+            this_request = 1 + len(history)
+            tries += this_request
+            sent += this_request
+            self.stats.add(
+                requests=this_request,
+                retries=this_request - 1 + (1 if sent > this_request else 0),
+                status_5xx=sum(1 for h in history if h.status is not None and h.status >= 500)
+                + (1 if status >= 500 else 0),
+                transport_errors=sum(1 for h in history if h.error is not None),
+                bytes=len(response.content),
+            )
             body = _json_or_none(response)
 
             if status == 200:
@@ -298,88 +446,133 @@ class SpotifyClient:
                 if isinstance(tracks, list) and all(isinstance(t, dict) for t in tracks):
                     self.stats.add(status_2xx=1)
                     self.pacer.success()
-                    return TopTracksOutcome(artist_id, market, requested_at, 200, tracks, None, attempts, len(response.content))
-                last_problem = "malformed JSON body (no 'tracks' list)"
-            elif status == 404:
+                    return TopTracksOutcome(artist_id, market, requested_at, 200, tracks, None, sent, len(response.content))
+                self.stats.add(malformed_bodies=1)
+                problem = "malformed JSON body (no 'tracks' list)" if body is None or isinstance(body, dict) \
+                    else "unexpected JSON body"
+                self._back_off_or_fail(where, problem, tries, stop)
+                continue
+            if status == 404:
                 self.stats.add(status_404=1)
                 self.pacer.success()
-                return TopTracksOutcome(artist_id, market, requested_at, 404, None, _api_error(body, 404), attempts, len(response.content))
-            elif status == 401 and not refreshed_after_401:
-                # Expired or revoked token: get a new one once, then retry this request.
+                return TopTracksOutcome(artist_id, market, requested_at, 404, None, _api_error(body, 404), sent,
+                                        len(response.content))
+            if status == 401:
+                self.stats.add(status_401=1)
+                if refreshed_after_401:
+                    raise SpotifyCredentialsError(
+                        f"{where}: Spotify still answers 401 ({_api_error(body, 401)['message']}) after a token refresh"
+                    )
+                # Expired or revoked token: get a new one once, then repeat this request (not a failed try).
                 self._tokens.invalidate(token)
                 refreshed_after_401 = True
-                attempts -= 1
+                tries -= 1
                 continue
-            elif status == 401:
-                raise SpotifyCredentialsError(
-                    f"Spotify still answers 401 ({_api_error(body, 401)['message']}) after a token refresh"
+            if status == 403:
+                raise SpotifyAccessDenied(
+                    f"{ACCESS_DENIED_HINT} (first refused: artist {artist_id} market {market}; "
+                    f"API message: {_api_error(body, 403)['message']})"
                 )
-            elif status == 403:
-                self._stop.set()
-                raise SpotifyAccessDenied(f"{ACCESS_DENIED_HINT} (API message: {_api_error(body, 403)['message']})")
-            elif status == 429:
+            if status == 429:
                 self.stats.add(status_429=1)
                 rate_limited += 1
+                tries -= 1  # a 429 is not a failed try; the cap below bounds the wait
                 wait_s = _retry_after_seconds(response)
-                if rate_limited > MAX_429_PER_REQUEST:
-                    raise SpotifyRequestFailed(
-                        f"top-tracks for artist {artist_id} market {market}: still 429 after {rate_limited} waits"
-                    )
                 if wait_s > self.max_retry_after_s:
-                    self._stop.set()
                     raise SpotifyRetryAfterTooLong(
-                        f"Spotify rate limit: asked to wait {wait_s:.0f} s (Retry-After), above the cap of "
-                        f"{self.max_retry_after_s:.0f} s (SPOTIFY_MAX_RETRY_AFTER_S); failing now instead of "
-                        "sleeping. Re-run after the wait, or lower SPOTIFY_REQUESTS_PER_SECOND."
+                        f"Spotify rate limit: asked to wait {wait_s:.0f} s (Retry-After, on {where}), above the "
+                        f"cap of {self.max_retry_after_s:.0f} s (SPOTIFY_MAX_RETRY_AFTER_S); failing now instead "
+                        "of sleeping. Re-run after the wait, or lower SPOTIFY_REQUESTS_PER_SECOND."
                     )
-                self._log(f"Spotify answered 429: all workers pause {wait_s:.1f} s (Retry-After); "
-                          f"rate lowered to {self.pacer.rate or 0:.1f} req/s")
-                self.pacer.pause(wait_s)
-                attempts -= 1  # a 429 is not a failed try; the cap above bounds the wait
+                if rate_limited > MAX_429_PER_REQUEST:
+                    raise SpotifyRequestFailed(f"{where}: still 429 after {MAX_429_PER_REQUEST} waits for Retry-After")
+                if self.pacer.pause(wait_s, epoch):
+                    rate = f"rate lowered to {self.pacer.rate:.2f} req/s" if self.pacer.rate else "no rate configured"
+                    self._log(f"Spotify answered 429: all workers pause {wait_s:.1f} s (Retry-After); {rate}")
                 continue
-            elif status >= 500:
-                self.stats.add(status_5xx=1)
+            if status >= 500:
                 raise SpotifyRequestFailed(
-                    f"top-tracks for artist {artist_id} market {market}: HTTP {status} "
-                    f"({_api_error(body, status)['message']}) after {retried + 1} tries"
+                    f"{where}: HTTP {status} ({_api_error(body, status)['message']}) after {tries} tries"
                 )
-            else:
-                raise SpotifyRequestFailed(
-                    f"top-tracks for artist {artist_id} market {market}: unexpected HTTP {status} "
-                    f"({_api_error(body, status)['message']})"
-                )
+            raise SpotifyRequestFailed(f"{where}: unexpected HTTP {status} ({_api_error(body, status)['message']})")
 
-            if attempts >= self.max_attempts:
-                raise SpotifyRequestFailed(
-                    f"top-tracks for artist {artist_id} market {market}: {last_problem} after {attempts} tries"
-                )
-            self.stats.add(retries=1)
-            time.sleep(self._backoff_s * 2 ** (attempts - 1) * random.uniform(0.5, 1.5))
+    def _back_off_or_fail(self, where: str, problem: str, tries: int, stop: threading.Event) -> None:
+        """Sleep before repeating a request whose answer was unusable, or fail once its tries are spent.
+
+        Hand-written: urllib3's Retry decides on statuses and transport errors, never on the body it returns.
+        """
+        if tries >= self.max_attempts:
+            raise SpotifyRequestFailed(f"{where}: {problem} after {tries} tries")
+        delay = min(self._backoff_max_s, self._backoff_s * 2 ** (tries - 1) * random.uniform(0.5, 1.5))
+        if stop.wait(delay):
+            raise _Stopped("fetch stopped after an error in another worker")
 
     def iter_top_tracks(self, artist_ids: Iterable[str], market: str) -> Iterator[TopTracksOutcome]:
-        """Outcomes in the order of `artist_ids`, fetched by `concurrency` threads, at most 2x that in flight."""
-        self._stop.clear()
+        """Outcomes in the order of `artist_ids`, fetched by `concurrency` threads, at most 2x that in flight.
+
+        The first error in any worker stops every worker and is raised at once (a fatal one in preference).
+        """
+        run = _Run()
         ids = iter(artist_ids)
         in_flight: deque[Future[TopTracksOutcome]] = deque()
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="spotify") as pool:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="spotify")
 
-            def submit_next() -> None:
-                artist_id = next(ids, None)
-                if artist_id is not None:
-                    in_flight.append(pool.submit(self.top_tracks, artist_id, market))
+        def work(artist_id: str) -> TopTracksOutcome:
+            if run.stop.is_set():
+                raise _Stopped("fetch stopped after an error in another worker")
+            self._worker.stop = run.stop
+            try:
+                return self._fetch(artist_id, market, run.stop)
+            except _Stopped:
+                raise
+            except BaseException as error:
+                run.fail(error)
+                raise
+            finally:
+                self._worker.stop = None
 
+        def submit_next() -> None:
+            artist_id = next(ids, None)
+            if artist_id is not None:
+                in_flight.append(pool.submit(work, artist_id))
+
+        try:
             for _ in range(self.concurrency * 2):
                 submit_next()
-            try:
-                while in_flight:
-                    outcome = in_flight.popleft().result()
-                    submit_next()
-                    yield outcome
-            except BaseException:
-                self._stop.set()
-                for future in in_flight:
-                    future.cancel()
-                raise
+            while in_flight:
+                head = in_flight[0]
+                while True:
+                    try:
+                        outcome = head.result(timeout=0.05)
+                        break
+                    except FutureTimeout:
+                        if run.stop.is_set():  # a later pair failed: no need to wait for this one
+                            raise run.cause() from None
+                    except BaseException as error:
+                        raise run.cause(error) from None
+                in_flight.popleft()
+                submit_next()
+                yield outcome
+        except BaseException:
+            run.stop.set()
+            for future in in_flight:
+                future.cancel()
+            # Do not wait for requests still in flight: their answers are no longer wanted, and each one ends
+            # within its timeouts (its next pacer wait or backoff raises _Stopped).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _retries_exhausted(error: requests.RequestException) -> bool:
+    """True when requests wrapped urllib3's MaxRetryError (the error happened before the response headers)."""
+    return any(isinstance(arg, MaxRetryError) for arg in error.args)
+
+
+def _transport_problem(error: requests.RequestException) -> str:
+    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
+        return "timeout"
+    return "connection failure"
 
 
 def _json_or_none(response: requests.Response) -> object:
@@ -397,9 +590,12 @@ def _api_error(body: object, status: int) -> dict:
 
 
 def _retry_after_seconds(response: requests.Response) -> float:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return 1.0
     try:
-        return max(0.0, float(response.headers.get("Retry-After", "1")))
-    except ValueError:
+        return max(0.0, Retry().parse_retry_after(value))  # seconds or an HTTP date
+    except Exception:  # urllib3's InvalidHeader on garbage
         return 1.0
 
 

@@ -1,0 +1,333 @@
+"""The Spotify client against the emulator over real HTTP, one test per fault mode.
+
+Each test asserts the exact outcome: every pair's tracks equal to the emulator's catalog, or the named error
+within a generous bound. Backoffs are configured small, so the whole file runs in a few tens of seconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import pytest
+from dagster import DagsterEventType, materialize
+
+from tests.conftest import TEST_CLIENT_ID
+from toptracks_dagster.artists_db.ids import screen_artist_ids
+from toptracks_dagster.artists_db.snapshot import write_artist_ids_snapshot
+from toptracks_dagster.raw_storage.resources import LocalRawStorage
+from toptracks_dagster.spotify.assets import raw_top_tracks
+from toptracks_dagster.spotify.client import (
+    RequestPacer,
+    SpotifyAccessDenied,
+    SpotifyClient,
+    SpotifyCredentialsError,
+    SpotifyRequestFailed,
+    SpotifyRetryAfterTooLong,
+)
+from toptracks_dagster.spotify.resources import SpotifyResource
+
+FAILS_FAST_S = 15.0  # generous bound for "fails in seconds" (the real figure is well under one second)
+
+
+def make_client(emulator, client_secret, **overrides) -> SpotifyClient:
+    options = dict(
+        client_id=TEST_CLIENT_ID, client_secret=client_secret, api_base_url=emulator.base_url,
+        token_url=emulator.token_url, concurrency=8, requests_per_second=None, max_retry_after_s=30.0,
+        max_attempts=8, backoff_s=0.02, backoff_max_s=0.2, connect_timeout_s=2.0, read_timeout_s=5.0,
+    )
+    options.update(overrides)
+    return SpotifyClient(**options)
+
+
+def fetch_all(client: SpotifyClient, ids: list[str], market: str = "US"):
+    with client:
+        return list(client.iter_top_tracks(ids, market))
+
+
+def assert_exact(outcomes, emulator, ids: list[str], market: str = "US") -> None:
+    assert [o.artist_id for o in outcomes] == ids  # every pair, in input order
+    for outcome in outcomes:
+        expected = emulator.catalog.top_tracks(outcome.artist_id, market)
+        assert outcome.market == market
+        assert outcome.status == (404 if expected is None else 200), outcome
+        assert outcome.tracks == expected, outcome.artist_id
+
+
+def served(emulator) -> dict:
+    """The emulator's stats once no request is in flight: a client can read its last answer before the
+    emulator's handler thread has finished counting it."""
+    deadline = time.monotonic() + 5
+    while emulator.stats.as_dict()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return emulator.stats.as_dict()
+
+
+def served_5xx(emulator) -> int:
+    return sum(count for status, count in served(emulator)["by_status"].items() if status >= 500)
+
+
+# ------------------------------------------------------------------------------------------ all tracks fetched
+def test_latency_fetched_in_parallel_in_order(emulator, client_secret, some_artist_ids):
+    emulator.settings.latency_ms = 100
+    client = make_client(emulator, client_secret)
+    outcomes = fetch_all(client, some_artist_ids)
+    assert_exact(outcomes, emulator, some_artist_ids)
+    stats_now = served(emulator)
+    assert 4 <= stats_now["peak_in_flight"] <= 8  # really parallel, never beyond the configured concurrency
+    assert stats_now["requests"] == len(some_artist_ids)
+    assert client.stats.snapshot()["requests"] == len(some_artist_ids)
+
+
+def test_not_found_is_an_outcome(emulator, client_secret, some_artist_ids):
+    emulator.catalog.set_missing(some_artist_ids[3])
+    outcomes = fetch_all(make_client(emulator, client_secret), some_artist_ids)
+    assert_exact(outcomes, emulator, some_artist_ids)
+    assert outcomes[3].status == 404 and outcomes[3].tracks is None
+    assert outcomes[3].error == {"status": 404, "message": "non existing id"}
+    missing = sum(1 for a in some_artist_ids if emulator.catalog.top_tracks(a, "US") is None)
+    assert missing >= 2  # the forced one and the catalog's own
+    assert sum(1 for o in outcomes if o.status == 404) == missing
+
+
+def test_server_errors_are_retried(emulator, client_secret, some_artist_ids):
+    emulator.settings.error_5xx_share = 0.3
+    client = make_client(emulator, client_secret)
+    outcomes = fetch_all(client, some_artist_ids)
+    assert_exact(outcomes, emulator, some_artist_ids)
+    stats = client.stats.snapshot()
+    assert served_5xx(emulator) > 0
+    assert stats["status_5xx"] == served_5xx(emulator)
+    assert stats["retries"] == served_5xx(emulator)  # every 5xx was repeated, nothing else was
+    assert stats["requests"] == served(emulator)["requests"]
+
+
+def test_connection_resets_are_retried(emulator, client_secret, some_artist_ids):
+    emulator.settings.reset_share = 0.2
+    client = make_client(emulator, client_secret)
+    outcomes = fetch_all(client, some_artist_ids)
+    assert_exact(outcomes, emulator, some_artist_ids)
+    resets = served(emulator)["resets"]
+    assert resets > 0
+    assert client.stats.snapshot()["transport_errors"] == resets
+
+
+def test_slow_responses_time_out_and_are_retried(emulator, client_secret, some_artist_ids):
+    emulator.settings.slow_share = 0.25
+    emulator.settings.slow_response_s = 1.5
+    client = make_client(emulator, client_secret, read_timeout_s=0.3)
+    outcomes = fetch_all(client, some_artist_ids)
+    assert_exact(outcomes, emulator, some_artist_ids)
+    stats = client.stats.snapshot()
+    assert stats["transport_errors"] > 0  # read timeouts happened, and were retried
+    assert stats["retries"] == stats["transport_errors"]
+
+
+def test_truncated_json_is_retried(emulator, client_secret, some_artist_ids):
+    emulator.settings.truncated_json_share = 0.3
+    client = make_client(emulator, client_secret)
+    outcomes = fetch_all(client, some_artist_ids)
+    assert_exact(outcomes, emulator, some_artist_ids)
+    stats = client.stats.snapshot()
+    assert stats["malformed_bodies"] > 0
+    assert stats["retries"] == stats["malformed_bodies"]
+    assert served(emulator)["requests"] == len(some_artist_ids) + stats["malformed_bodies"]
+
+
+def test_short_token_lifetime_is_refreshed_before_expiry(emulator, client_secret, some_artist_ids):
+    emulator.settings.token_lifetime_s = 2
+    client = make_client(emulator, client_secret, requests_per_second=10)  # 30 pairs take ~3 s: > 1 lifetime
+    started = time.monotonic()
+    outcomes = fetch_all(client, some_artist_ids)
+    assert time.monotonic() - started > 2.0
+    assert_exact(outcomes, emulator, some_artist_ids)
+    stats_now = served(emulator)
+    assert client.stats.snapshot()["token_requests"] >= 2
+    assert stats_now["token_requests"] == client.stats.snapshot()["token_requests"]
+    assert stats_now["by_status"].get(401, 0) == 0  # refreshed ahead of expiry, never sent an expired token
+
+
+def test_expired_token_is_refreshed_once_on_401(emulator, client_secret, some_artist_ids):
+    client = make_client(emulator, client_secret)
+    client.check_credentials()  # a token the client believes is good for an hour
+    emulator.settings.token_lifetime_s = 1  # ... but the server now expires tokens after 1 s
+    time.sleep(1.1)
+    outcomes = fetch_all(client, some_artist_ids[:12])
+    assert_exact(outcomes, emulator, some_artist_ids[:12])
+    stats = client.stats.snapshot()
+    expired = served(emulator)["by_status"].get(401, 0)
+    assert 1 <= expired <= 8  # at most the first request of each worker
+    assert stats["status_401"] == expired
+    assert stats["token_requests"] == 2  # one refresh shared by every worker
+
+
+def test_429_burst_pauses_all_workers(emulator, client_secret, some_artist_ids):
+    emulator.settings.latency_ms = 20
+    emulator.settings.burst_429_count = 3
+    emulator.settings.burst_retry_after_s = 1
+    client = make_client(emulator, client_secret, concurrency=8)
+    samples: list[tuple[float, int, int]] = []  # (time, top-tracks requests served, 429s served)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            now = emulator.stats.as_dict()
+            samples.append((time.monotonic(), now["requests"], now["rate_limited"]))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        outcomes = fetch_all(client, some_artist_ids)
+    finally:
+        done.set()
+        sampler.join()
+    assert_exact(outcomes, emulator, some_artist_ids)
+    assert served(emulator)["rate_limited"] == 3
+    assert client.stats.snapshot()["status_429"] == 3
+
+    def served_at(moment: float) -> int:
+        return [requests for at, requests, _ in samples if at <= moment][-1]
+
+    first_429 = next(at for at, _, limited in samples if limited >= 1)
+    # Requests already in flight when the 429 came back land within milliseconds; after that nobody sends
+    # until Retry-After (1 s) is over, and then the work resumes.
+    assert served_at(first_429 + 0.85) == served_at(first_429 + 0.3)
+    assert samples[-1][1] > served_at(first_429 + 0.85)
+    # Every worker, not just the ones that got a 429, spent about a second paused.
+    assert client.stats.snapshot()["paused_s"] >= 8 * 0.7
+
+
+def test_rate_limited_under_a_rolling_window(emulator, client_secret, some_artist_ids):
+    emulator.settings.rate_limit_requests = 20  # 10 requests/s over a rolling 2 s window
+    emulator.settings.rate_limit_window_s = 2.0
+    client = make_client(emulator, client_secret, requests_per_second=10)
+    started = time.monotonic()
+    outcomes = fetch_all(client, some_artist_ids)
+    elapsed = time.monotonic() - started
+    assert_exact(outcomes, emulator, some_artist_ids)
+    stats_now = served(emulator)
+    assert stats_now["rate_limited"] <= 1  # the shared pacer keeps 8 workers under the limit
+    assert stats_now["peak_in_flight"] <= 8
+    assert elapsed >= (len(some_artist_ids) - 1) / 10  # never faster than the configured rate
+
+
+def test_rolling_window_above_the_configured_rate_is_survived(emulator, client_secret, some_artist_ids):
+    emulator.settings.rate_limit_requests = 10  # the server allows 10/s, the client is told 40/s
+    emulator.settings.rate_limit_window_s = 1.0
+    client = make_client(emulator, client_secret, requests_per_second=40)
+    outcomes = fetch_all(client, some_artist_ids)
+    assert_exact(outcomes, emulator, some_artist_ids)
+    limited = served(emulator)["rate_limited"]
+    assert limited > 0
+    assert client.stats.snapshot()["status_429"] == limited
+    assert client.pacer.rate < 40  # the rate adapted down
+
+
+def test_pacer_halves_once_per_congestion_event_and_recovers():
+    pacer = RequestPacer(20.0, headroom=0.0)
+    _, epoch = pacer.wait()
+    assert pacer.pause(0.0, epoch) is True
+    assert pacer.rate == 10.0
+    assert pacer.pause(0.0, epoch) is False  # a 429 on a request sent before the decrease: same event
+    assert pacer.rate == 10.0
+    _, epoch = pacer.wait()
+    assert pacer.pause(0.0, epoch) is True
+    assert pacer.rate == 5.0
+    for _ in range(100):
+        pacer.success()
+    assert pacer.rate == 20.0  # back up, never above the configured rate
+
+
+# ------------------------------------------------------------------------------------------ named errors, fast
+def test_server_errors_every_time_fail_naming_artist_and_market(emulator, client_secret, some_artist_ids):
+    emulator.settings.error_5xx_share = 1.0
+    artist = some_artist_ids[0]
+    with make_client(emulator, client_secret, max_attempts=3) as client:
+        with pytest.raises(SpotifyRequestFailed, match=rf"artist {artist} market US: HTTP 50\d .* after 3 tries"):
+            client.top_tracks(artist, "US")
+    assert served(emulator)["requests"] == 3  # bounded tries
+
+    started = time.monotonic()
+    with pytest.raises(SpotifyRequestFailed, match=r"artist [0-9A-Za-z]{22} market CA: HTTP 50\d"):
+        fetch_all(make_client(emulator, client_secret, max_attempts=3), some_artist_ids, "CA")
+    assert time.monotonic() - started < FAILS_FAST_S
+
+
+def test_truncated_json_every_time_fails_with_a_clear_error(emulator, client_secret, some_artist_ids):
+    emulator.settings.truncated_json_share = 1.0
+    artist = some_artist_ids[0]
+    with make_client(emulator, client_secret, max_attempts=3) as client:
+        with pytest.raises(SpotifyRequestFailed, match=rf"artist {artist} market US: malformed JSON .* after 3 tries"):
+            client.top_tracks(artist, "US")
+    assert served(emulator)["requests"] == 3
+
+    started = time.monotonic()
+    with pytest.raises(SpotifyRequestFailed, match="malformed JSON"):  # never a KeyError
+        fetch_all(make_client(emulator, client_secret, max_attempts=3), some_artist_ids)
+    assert time.monotonic() - started < FAILS_FAST_S
+
+
+def test_forbidden_stops_at_once_with_the_access_message(emulator, client_secret, some_artist_ids):
+    emulator.settings.forbid_all = True
+    started = time.monotonic()
+    with pytest.raises(SpotifyAccessDenied) as raised:
+        fetch_all(make_client(emulator, client_secret, concurrency=8), some_artist_ids * 10)
+    assert time.monotonic() - started < FAILS_FAST_S
+    message = str(raised.value)
+    assert "Development Mode" in message and "February 2026" in message and "extended quota" in message
+    stats_now = served(emulator)
+    assert 1 <= stats_now["requests"] <= 8  # at most the first request of each worker
+    assert stats_now["by_status"].get(403) == stats_now["requests"]  # (by_status also counts the token's 200)
+
+
+def test_retry_after_above_the_cap_fails_fast_naming_the_wait(emulator, client_secret, some_artist_ids):
+    emulator.settings.burst_429_count = 1
+    emulator.settings.burst_retry_after_s = 3600
+    started = time.monotonic()
+    with pytest.raises(SpotifyRetryAfterTooLong, match=r"wait 3600 s .*above the cap of 60 s"):
+        fetch_all(make_client(emulator, client_secret, max_retry_after_s=60), some_artist_ids)
+    assert time.monotonic() - started < FAILS_FAST_S
+    assert served(emulator)["requests"] <= 16  # stopped at once, not after all 30
+
+
+def test_bad_credentials_fail_at_once_without_the_secret(emulator, client_secret, some_artist_ids):
+    wrong_secret = secrets.token_urlsafe(24)
+    with make_client(emulator, wrong_secret) as client:
+        with pytest.raises(SpotifyCredentialsError) as raised:
+            client.check_credentials()
+    for text in (str(raised.value), repr(raised.value)):
+        assert "invalid_client" in text and TEST_CLIENT_ID in text
+        assert wrong_secret not in text and client_secret not in text
+    assert raised.value.__cause__ is None and raised.value.__context__ is None
+
+    started = time.monotonic()
+    with pytest.raises(SpotifyCredentialsError, match="invalid_client") as raised:
+        fetch_all(make_client(emulator, wrong_secret), some_artist_ids)
+    assert time.monotonic() - started < FAILS_FAST_S
+    assert wrong_secret not in str(raised.value)
+    assert served(emulator)["requests"] == 0  # no top-tracks request without a token
+
+
+def test_raw_asset_fails_fast_without_retry_on_403(emulator, client_secret, some_artist_ids, tmp_path):
+    emulator.settings.forbid_all = True
+    storage = LocalRawStorage(base_dir=str(tmp_path))
+    write_artist_ids_snapshot(storage, screen_artist_ids(some_artist_ids), "test", "now")
+    spotify = SpotifyResource(client_id=TEST_CLIENT_ID, client_secret=client_secret,
+                              api_base_url=emulator.base_url, token_url=emulator.token_url)
+    started = time.monotonic()
+    result = materialize([raw_top_tracks], partition_key="US", resources={"spotify": spotify, "raw_storage": storage},
+                         raise_on_error=False)
+    elapsed = time.monotonic() - started
+    assert not result.success
+    assert elapsed < FAILS_FAST_S  # the asset's RetryPolicy (30 s delay) did not kick in
+    event_types = [event.event_type for event in result.all_events]
+    assert DagsterEventType.STEP_UP_FOR_RETRY not in event_types
+    assert event_types.count(DagsterEventType.STEP_FAILURE) == 1
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert "Development Mode" in message and "February 2026" in message
+    assert client_secret not in message
+    assert served(emulator)["requests"] <= spotify.concurrency
+    assert not (tmp_path / "top_tracks/market=US/top_tracks.jsonl").exists()  # no partial raw object
