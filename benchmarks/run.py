@@ -205,7 +205,7 @@ def main() -> int:
                    "MYSQL_USER": MYSQL["user"], "MYSQL_PASSWORD": MYSQL["password"], "MYSQL_DATABASE": database,
                    "SPOTIFY_CLIENT_ID": CLIENT_ID, "SPOTIFY_CLIENT_SECRET": secret,
                    "SPOTIFY_API_BASE_URL": emulator.base_url, "SPOTIFY_TOKEN_URL": emulator.token_url,
-                   "SPOTIFY_CONCURRENCY": "16", "SPOTIFY_REQUESTS_PER_SECOND": "0",
+                   "SPOTIFY_CONCURRENCY": "32", "SPOTIFY_REQUESTS_PER_SECOND": "0",
                    "DYNAMODB_ENDPOINT_URL": endpoint, "AWS_REGION": LOCAL_REGION,
                    "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
                    "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],

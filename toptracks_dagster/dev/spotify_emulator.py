@@ -507,8 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
         match = _TOP_TRACKS_PATH_RE.match(url.path) if self.command == "GET" else None
         kind = "top_tracks" if match else "token" if (self.command, url.path) == ("POST", "/api/token") else "other"
         emulator.stats._begin()
-        # status stays None for a reset, or a crash, which the client sees as a dropped connection too.
-        status, body_bytes = None, 0
+        counted = False
         try:
             time.sleep(emulator.settings.latency_ms / 1000)
             if match:
@@ -520,15 +519,23 @@ class _Handler(BaseHTTPRequestHandler):
             if response is None:
                 self._reset_connection()
             else:
-                status = response.status
-                body_bytes = self._send(response)
+                payload = self._encode(response)
+                # Counted before the answer leaves, so a client that reads the stats after its response
+                # always sees its own request.
+                emulator.stats._end(kind, response.status, len(payload))
+                counted = True
+                self._send(response, payload)
         finally:
-            emulator.stats._end(kind, status, body_bytes)
+            if not counted:  # a reset, or a crash, which the client sees as a dropped connection too
+                emulator.stats._end(kind, None, 0)
 
-    def _send(self, response: _Response) -> int:
+    @staticmethod
+    def _encode(response: _Response) -> bytes:
         body = json.dumps(response.payload, ensure_ascii=False, separators=(",", ":")).encode()
-        if response.truncate:
-            body = body[: len(body) // 2]
+        return body[: len(body) // 2] if response.truncate else body
+
+    def _send(self, response: _Response, body: bytes | None = None) -> int:
+        body = self._encode(response) if body is None else body
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Cache-Control", "private, max-age=0")

@@ -13,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from toptracks_dagster.dynamodb.ledger import forget_ledger, read_ledger, table_identity, write_ledger
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import (
     DynamoDBUnavailable,
@@ -68,12 +69,17 @@ def _load_market(context: AssetExecutionContext, client, dynamodb: DynamoDBResou
         raw = RawPartition(raw_storage, market)
     except (RawObjectMissing, RawPartitionIncomplete) as error:
         raise Failure(description=str(error), allow_retries=False) from None
+    identity = table_identity(client, dynamodb.table_name, dynamodb.describe_endpoint())
+    previous = read_ledger(raw_storage, market, identity)
+    forget_ledger(raw_storage, market)  # a crash from here on leaves no ledger: the next load reads the table
     loader = MarketLoader(client, dynamodb.table_name, market, concurrency=dynamodb.write_concurrency,
-                          max_batch_retries=dynamodb.max_batch_retries, log=context.log.info)
+                          max_batch_retries=dynamodb.max_batch_retries, log=context.log.info,
+                          previous_ledger=previous)
     try:
         stats = loader.load(raw.outcomes())
     except (DynamoDBWriteIncomplete, ItemTooLarge) as error:
         raise Failure(description=f"market {market}: {error}") from None
+    write_ledger(raw_storage, market, identity, loader.ledger)
     wall_s = time.monotonic() - started
     numbers = stats.as_dict()
     context.log.info(
@@ -87,4 +93,5 @@ def _load_market(context: AssetExecutionContext, client, dynamodb: DynamoDBResou
         "endpoint": dynamodb.describe_endpoint(),
         **{name: value for name, value in numbers.items()},
         "wall_time_s": round(wall_s, 3),
+        "table_read_skipped": previous is not None,  # the ledger of the last load made reading the table unneeded
     }

@@ -204,6 +204,12 @@ def content_hash(market: str, rank: int, track: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def list_digest(items_by_key: dict[str, dict]) -> str:
+    """One artist's list in one market as the loader writes it: keys and content hashes (empty for a 404)."""
+    text = "\n".join(f"{key}={items_by_key[key]['content_hash']}" for key in sorted(items_by_key))
+    return hashlib.sha256(f"{ITEM_FORMAT}\n{text}".encode()).hexdigest()[:32]
+
+
 def valid_track_id(market: str, track_id: Any) -> bool:
     return isinstance(track_id, str) and bool(track_id) and len(sort_key(market, track_id).encode()) <= MAX_SORT_KEY_BYTES
 
@@ -318,6 +324,7 @@ class LoadStats:
     items_unchanged: int = 0
     items_deleted: int = 0
     stale_artist_items_deleted: int = 0
+    artists_skipped_unchanged: int = 0  # same list digest as the last successful load: no read, no write
     tracks_without_id: int = 0
     duplicate_tracks: int = 0
     tracks_without_popularity: int = 0
@@ -488,7 +495,15 @@ class MarketLoader:
     """
 
     def __init__(self, client, table_name: str, market: str, *, concurrency: int = 8, max_batch_retries: int = 8,
-                 log: Callable[[str], None] | None = None, base_delay_s: float = 0.05, max_delay_s: float = 5.0):
+                 log: Callable[[str], None] | None = None, base_delay_s: float = 0.05, max_delay_s: float = 5.0,
+                 previous_ledger: dict[str, str] | None = None):
+        # previous_ledger: {artist_id: list digest} of the last successful load of this market into this table,
+        # or None when unknown. With it, an artist whose list digest is unchanged is skipped without reading
+        # the table, and only artists of the ledger can have items to sweep. `ledger` is this load's, filled as
+        # artists are refreshed; store it only after load() returns.
+        self._previous = previous_ledger
+        self.ledger: dict[str, str] = {}
+        self._ledger_lock = threading.Lock()
         self._client = client
         self._table = table_name
         self._market = market
@@ -509,7 +524,10 @@ class MarketLoader:
         """
         try:
             seen_artists = self._refresh_artists(outcomes)
-            self._delete_absent_artists(seen_artists)
+            if self._previous is None:
+                self._delete_absent_artists(seen_artists)
+            else:
+                self._delete_artists(sorted(self._previous.keys() - seen_artists))
         except TRANSIENT_EXCEPTIONS as error:
             self._writer.abort()
             raise DynamoDBUnavailable(f"DynamoDB at {endpoint_of(self._client)} failed during the load of "
@@ -577,6 +595,8 @@ class MarketLoader:
             # Not a top list: the latest successful list stays (deleting it would lose data on a glitch).
             self.stats.add(artists_kept_after_error=1)
             self._log(f"artist {outcome.artist_id}: status {outcome.status} in the raw data, kept its items")
+            if self._previous and outcome.artist_id in self._previous:
+                self._remember(outcome.artist_id, self._previous[outcome.artist_id])
             return
         wanted: dict[str, dict] = {}
         for rank, track in enumerate(outcome.tracks or [], start=1):
@@ -589,6 +609,13 @@ class MarketLoader:
                 self.stats.add(duplicate_tracks=1)
                 continue
             wanted[key] = build_item(outcome.artist_id, self._market, rank, track, outcome.requested_at)
+        digest = list_digest(wanted)
+        if self._previous is not None and self._previous.get(outcome.artist_id) == digest:
+            # Same list as the last successful load wrote: nothing to read, nothing to write.
+            self.stats.add(items_unchanged=len(wanted), artists_skipped_unchanged=1,
+                           tracks_without_popularity=sum(1 for i in wanted.values() if i.get("popularity_missing")))
+            self._remember(outcome.artist_id, digest)
+            return
         existing = self._existing_hashes(outcome.artist_id)
         changed = {key: item for key, item in wanted.items() if existing.get(key) != item["content_hash"]}
         try:  # every changed item is checked before any is written: an artist is refreshed whole or not at all
@@ -604,10 +631,26 @@ class MarketLoader:
         gone = existing.keys() - wanted.keys()
         for key in gone:
             self._writer.delete(outcome.artist_id, key)
+        self._remember(outcome.artist_id, digest)
         self.stats.add(
             items_unchanged=len(wanted) - len(changed), items_written=len(changed), items_deleted=len(gone),
             tracks_without_popularity=sum(1 for item in wanted.values() if item.get("popularity_missing")),
         )
+
+    def _remember(self, artist_id: str, digest: str) -> None:
+        with self._ledger_lock:
+            self.ledger[artist_id] = digest
+
+    def _delete_artists(self, artist_ids: list[str]) -> None:
+        """Delete every item of these artists in this market (consistent reads: exact, no GSI lag)."""
+        deleted = 0
+        for artist_id in artist_ids:
+            for key in self._existing_hashes(artist_id):
+                self._writer.delete(artist_id, key)
+                deleted += 1
+        if deleted:
+            self._log(f"deleting {deleted} item(s) of artists no longer in the artist list for {self._market}")
+        self.stats.add(items_deleted=deleted, stale_artist_items_deleted=deleted)
 
     def _existing_hashes(self, artist_id: str) -> dict[str, str | None]:
         hashes: dict[str, str | None] = {}

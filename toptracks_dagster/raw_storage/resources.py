@@ -6,7 +6,6 @@ Writers are atomic (a reader never sees a half-written object) and streamed (not
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -37,6 +36,10 @@ class RawStorage(ConfigurableResource, ABC):
     def uri(self, key: str) -> str:
         """Where the object lives, for metadata."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object if it exists."""
+
 
 class LocalRawStorage(RawStorage):
     """A local directory (TOPTRACKS_RAW_DIR, default ./data/raw)."""
@@ -48,6 +51,9 @@ class LocalRawStorage(RawStorage):
 
     def uri(self, key: str) -> str:
         return str(self._path(key).resolve())
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     @contextmanager
     def open_for_write(self, key: str) -> Iterator[IO[str]]:
@@ -85,6 +91,9 @@ class S3RawStorage(RawStorage):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def delete(self, key: str) -> None:
+        self.s3.get_client().delete_object(Bucket=self.bucket, Key=self._key(key))
 
     @contextmanager
     def open_for_write(self, key: str) -> Iterator[IO[str]]:
