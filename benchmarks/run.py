@@ -1,6 +1,6 @@
 """The pipeline against the tutorial script's loop, on the same stack, in the same invocation.
 
-Starts a Spotify emulator (50 ms latency), AWS's DynamoDB Local and a database on the machine's MariaDB,
+Starts a Spotify emulator (own process, 50 ms latency), AWS's DynamoDB Local and a database on the machine's MariaDB,
 then runs the workloads of issue #7 and prints one table; every figure is a ratio on this machine.
 
     .venv/bin/python benchmarks/run.py                       # W1-W3 + write floor, 500 artists x US,CA
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toptracks_dagster.dev.dynamodb_local import LOCAL_CREDENTIALS, LOCAL_REGION, dynamodb_local, local_client  # noqa: E402
-from toptracks_dagster.dev.spotify_emulator import Catalog, EmulatorSettings, SpotifyEmulator, demo_artist_ids  # noqa: E402
+from toptracks_dagster.dev.spotify_emulator import Catalog, demo_artist_ids  # noqa: E402
 from toptracks_dagster.dynamodb.table import BATCH_SIZE, build_item, ensure_table, serialize_item  # noqa: E402
 
 CLIENT_ID = "toptracks-benchmark"
@@ -43,8 +43,34 @@ MYSQL = {"host": os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), "port": int(os.
          "user": os.environ.get("TEST_MYSQL_USER", "root"), "password": os.environ.get("TEST_MYSQL_PASSWORD", "")}
 
 
+# ------------------------------------------------------------------------------------------------ emulator
+class EmulatorProcess:
+    """The Spotify emulator in its own process, as Spotify is remote: its CPU does not compete with the
+    client's for this process's GIL. Settings change through its admin endpoint."""
+
+    def __init__(self, secret: str, latency_ms: float, seed: int):
+        env = {**os.environ, "BENCH_SPOTIFY_SECRET": secret}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "toptracks_dagster.dev.spotify_emulator", "--port", "0", "--client-id", CLIENT_ID,
+             "--client-secret-env", "BENCH_SPOTIFY_SECRET", "--latency-ms", str(latency_ms), "--seed", str(seed)],
+            env=env, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        self.root = line.strip().rsplit(" ", 1)[-1]
+        self.base_url, self.token_url = f"{self.root}/v1", f"{self.root}/api/token"
+
+    def update(self, **settings) -> None:
+        requests.post(f"{self.root}/_emulator/settings", json=settings, timeout=10).raise_for_status()
+
+    def __enter__(self) -> "EmulatorProcess":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
 # ------------------------------------------------------------------------------------------------ baseline
-def tutorial_baseline(database: str, emulator: SpotifyEmulator, secret: str, endpoint: str, table: str,
+def tutorial_baseline(database: str, emulator: EmulatorProcess, secret: str, endpoint: str, table: str,
                       markets: list[str]) -> dict:
     """The tutorial script's algorithm: sequential GET per artist per market, one put_item per track, one token.
 
@@ -196,10 +222,8 @@ def main() -> int:
         return name
 
     rows: list[tuple[str, dict]] = []
-    settings = EmulatorSettings(latency_ms=args.latency_ms)
     try:
-        with SpotifyEmulator(CLIENT_ID, secret, settings=settings, catalog=catalog) as emulator, \
-                dynamodb_local() as endpoint:
+        with EmulatorProcess(secret, args.latency_ms, seed=42) as emulator, dynamodb_local() as endpoint:
             database = database_for(ids)
             env = {"DAGSTER_DEPLOYMENT": "prod", "MYSQL_HOST": MYSQL["host"], "MYSQL_PORT": str(MYSQL["port"]),
                    "MYSQL_USER": MYSQL["user"], "MYSQL_PASSWORD": MYSQL["password"], "MYSQL_DATABASE": database,
@@ -213,7 +237,6 @@ def main() -> int:
                    "TOPTRACKS_RAW_DIR": f"/tmp/toptracks-bench-{uuid.uuid4().hex[:8]}"}
             os.environ.update(env)
 
-            emulator.reset_stats()
             rows.append(("baseline W1 (tutorial loop)", tutorial_baseline(
                 database, emulator, secret, endpoint, f"baseline_{uuid.uuid4().hex[:8]}", markets)))
             with DagsterInstance.ephemeral() as instance:
@@ -223,13 +246,12 @@ def main() -> int:
                 rows.append(("pipeline W1 first load", pipeline_run(markets, instance)))
                 rows.append(("pipeline W2 refresh, unchanged", pipeline_run(markets, instance)))
                 if not args.smoke:
-                    settings.rate_limit_requests = int(args.rate * 30)
-                    settings.rate_limit_window_s = 30.0
+                    emulator.update(rate_limit_requests=int(args.rate * 30), rate_limit_window_s=30.0)
                     os.environ["SPOTIFY_REQUESTS_PER_SECOND"] = str(args.rate)
                     rows.append((f"pipeline W3 refresh, limit {args.rate:g}/s", pipeline_run(markets, instance)))
-                    settings.rate_limit_requests = None
+                    emulator.update(rate_limit_requests=None)
                     os.environ["SPOTIFY_REQUESTS_PER_SECOND"] = "0"
-            settings.latency_ms = 0.0  # W4 measures memory, not the API
+            emulator.update(latency_ms=0.0)  # W4 measures memory, not the API
             for count in [int(c) for c in args.w4.split(",") if c.strip()]:
                 rows.append((f"pipeline W4 {count} artists x 1 market", w4(count, database_for, env)))
     finally:

@@ -408,7 +408,14 @@ class BatchWriter:
         except RuntimeError:  # the writer was aborted: the load is failing anyway
             self._slots.release()
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda done: self._batch_finished(done, len(batch)))
+
+    def _batch_finished(self, future: Future, size: int) -> None:
+        self._slots.release()
+        # _send records its own failures; anything that still escapes it must not pass silently either.
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self._record_failure(size, f"{type(error).__name__}: {error}")
 
     def _delay(self, attempt: int) -> float:
         # Exponential backoff with full jitter (AWS's advice for UnprocessedItems and throttling).
