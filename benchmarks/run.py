@@ -221,7 +221,13 @@ def main() -> int:
         databases.append(name)
         return name
 
-    rows: list[tuple[str, dict]] = []
+    class Rows(list):
+        def append(self, row: tuple[str, dict]) -> None:  # each result shows as soon as it is measured
+            super().append(row)
+            print(f"measured {row[0]}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                                      for k, v in row[1].items()}), flush=True)
+
+    rows = Rows()
     try:
         with EmulatorProcess(secret, args.latency_ms, seed=42) as emulator, dynamodb_local() as endpoint:
             database = database_for(ids)
