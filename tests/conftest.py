@@ -18,7 +18,7 @@ from toptracks_dagster.dev.dynamodb_local import (
     LOCAL_REGION,
     DynamoDBLocalUnavailable,
     dynamodb_local,
-    free_port,
+    free_port,  # noqa: F401  (re-exported: tests import it from here)
     local_client,
 )
 from toptracks_dagster.dev.spotify_emulator import Catalog, EmulatorSettings, SpotifyEmulator, demo_artist_ids

@@ -35,3 +35,21 @@ def test_toptracks_run_on_the_embedded_default_prints_per_country_counts(tmp_pat
     assert (tmp_path / "dagster_home" / "history" / "runs.db").exists()
     # The emulator's per-start secret never reaches the output.
     assert "SPOTIFY_CLIENT_SECRET=" not in completed.stdout + completed.stderr
+
+
+def test_toptracks_run_on_prod_loads_exactly_what_the_endpoint_serves(prod_env, artists_table, emulator, ddb,
+                                                                       some_artist_ids, tmp_path):
+    """README's headless command with DAGSTER_DEPLOYMENT=prod: another MySQL, Spotify-compatible endpoint and
+    DynamoDB endpoint, all from the config contract's variables; nothing local is started."""
+    from tests.helpers import scan_table
+
+    artists_table.set_ids(some_artist_ids)
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    completed = subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "embedded stack" not in completed.stdout
+    items = scan_table(ddb, prod_env["TOPTRACKS_TABLE"])
+    assert set(items) == set(expected_keys(emulator.catalog, some_artist_ids, ["US", "CA"]))
+    assert prod_env["SPOTIFY_CLIENT_SECRET"] not in completed.stdout + completed.stderr

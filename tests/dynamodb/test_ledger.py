@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from dagster import instance_for_test
 
 from tests.helpers import expected_keys, metadata_of, run_partition, scan_table

@@ -20,12 +20,14 @@ import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError, ConnectionError as BotocoreConnectionError, HTTPClientError
+
+from toptracks_dagster.counters import ThreadSafeCounters
 
 PARTITION_KEY = "artist_id"
 SORT_KEY = "country_track_id"
@@ -314,7 +316,7 @@ def _key(artist_id: str, country_track_id: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- writes
 @dataclass
-class LoadStats:
+class LoadStats(ThreadSafeCounters):
     artists: int = 0
     not_found: int = 0
     duplicate_artists: int = 0
@@ -336,16 +338,6 @@ class LoadStats:
     sdk_retries: int = 0  # botocore's own retries (ResponseMetadata.RetryAttempts)
     consumed_write_capacity: float = 0.0
     consumed_read_capacity: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **deltas: float) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                setattr(self, name, getattr(self, name) + delta)
-
-    def as_dict(self) -> dict[str, float]:
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 def _capacity(response: dict) -> float:

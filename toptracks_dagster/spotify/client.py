@@ -25,7 +25,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
@@ -34,6 +34,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
+from toptracks_dagster.counters import ThreadSafeCounters
 from toptracks_dagster.artists_db.ids import is_valid_artist_id
 
 
@@ -103,7 +104,7 @@ class TopTracksOutcome:
 
 
 @dataclass
-class FetchStats:
+class FetchStats(ThreadSafeCounters):
     """Counters shared by all workers of one client (guarded by a lock). `requests` counts HTTP requests sent
     to the API, retries included; `retries` is the part of them that repeated an earlier try."""
 
@@ -119,16 +120,6 @@ class FetchStats:
     token_requests: int = 0
     bytes: int = 0
     paused_s: float = 0.0  # summed over workers: time spent waiting for the pacer (rate spacing and 429 pauses)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **deltas: float) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                setattr(self, name, getattr(self, name) + delta)
-
-    def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 class AccessTokenProvider:
