@@ -147,7 +147,8 @@ def test_ensure_table_creates_on_demand_with_an_active_gsi(ddb, dynamodb_local_e
     assert description["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     (index,) = description["GlobalSecondaryIndexes"]
     assert index["IndexName"] == GSI_NAME and index["IndexStatus"] == "ACTIVE"
-    assert index["Projection"]["ProjectionType"] == "ALL"
+    assert index["Projection"]["ProjectionType"] == "INCLUDE"
+    assert set(index["Projection"]["NonKeyAttributes"]) == {"id", "name", "rank", "artists", "fetched_at"}
     assert ensure_table(ddb, table_name, dynamodb_local_endpoint) == "exists"
 
 
@@ -191,5 +192,5 @@ def test_table_without_the_gsi_is_refused(ddb, dynamodb_local_endpoint, table_na
         BillingMode="PAY_PER_REQUEST",
     )
     with pytest.raises(TableSchemaMismatch, match=rf"{GSI_NAME} with \[country \(HASH, S\), popularity \(RANGE, N\), "
-                                                  r"projection ALL\], but has \[no such index\]"):
+                                                  r"projection INCLUDE \(artists, fetched_at, id, name, rank\)\], but has \[no such index\]"):
         ensure_table(ddb, table_name, dynamodb_local_endpoint)

@@ -1,7 +1,7 @@
 """The `top_tracks` table: its schema, its items, and how a market's raw data is loaded into it exactly.
 
 Keys: partition key `artist_id`, sort key `country_track_id` = "<market>#<track id>", so the same track in US
-and CA is two items. GSI `country-popularity-index` (hash `country`, range `popularity`, projection ALL) makes
+and CA is two items. GSI `country-popularity-index` (hash `country`, range `popularity`, projection INCLUDE) makes
 "tracks in a market above popularity N" a Query. Every market is one GSI partition key: at scale a market's
 items share one GSI partition (about 1,000 writes/s and 3,000 reads/s each), which bounds how fast a single
 market can be rewritten; see README "Scale".
@@ -41,6 +41,10 @@ GSI_KEY_SCHEMA = [
     {"AttributeName": "popularity", "KeyType": "RANGE"},
 ]
 ATTRIBUTE_TYPES = {PARTITION_KEY: "S", SORT_KEY: "S", "country": "S", "popularity": "N"}
+# The GSI carries what "tracks in a market above popularity N" shows, not whole items: every base write is also
+# a GSI write billed by the projected size, so ALL would double the cost of each ~3 KB item; this keeps the GSI
+# copy to a few hundred bytes (one write unit) and its pages ~5x denser for the loader's sweep.
+GSI_PROJECTION = {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name", "rank", "artists", "fetched_at"]}
 BATCH_SIZE = 25  # BatchWriteItem's limit
 MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
 MAX_SORT_KEY_BYTES = 1024  # DynamoDB's limit for a sort key value
@@ -119,7 +123,7 @@ def ensure_table(client, table_name: str, endpoint: str) -> str:
             KeySchema=KEY_SCHEMA,
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in ATTRIBUTE_TYPES.items()],
             GlobalSecondaryIndexes=[
-                {"IndexName": GSI_NAME, "KeySchema": GSI_KEY_SCHEMA, "Projection": {"ProjectionType": "ALL"}}
+                {"IndexName": GSI_NAME, "KeySchema": GSI_KEY_SCHEMA, "Projection": GSI_PROJECTION}
             ],
             BillingMode="PAY_PER_REQUEST",
         )
@@ -155,10 +159,10 @@ def _check_schema(table_name: str, endpoint: str, description: dict) -> None:
             f"[{wanted}]; set TOPTRACKS_TABLE to another table or migrate this one"
         )
     indexes = {g["IndexName"]: g for g in description.get("GlobalSecondaryIndexes", [])}
-    wanted_gsi = f"{_schema_text(GSI_KEY_SCHEMA, ATTRIBUTE_TYPES)}, projection ALL"
+    wanted_gsi = f"{_schema_text(GSI_KEY_SCHEMA, ATTRIBUTE_TYPES)}, projection {_projection_text(GSI_PROJECTION)}"
     index = indexes.get(GSI_NAME)
     actual_gsi = (
-        f"{_schema_text(index['KeySchema'], types)}, projection {index.get('Projection', {}).get('ProjectionType')}"
+        f"{_schema_text(index['KeySchema'], types)}, projection {_projection_text(index.get('Projection', {}))}"
         if index else None
     )
     if actual_gsi != wanted_gsi:
@@ -170,6 +174,11 @@ def _check_schema(table_name: str, endpoint: str, description: dict) -> None:
             f"[{actual_gsi or 'no such index'}] (indexes: {found}); set TOPTRACKS_TABLE to another table or "
             "migrate this one"
         )
+
+
+def _projection_text(projection: dict) -> str:
+    extra = sorted(projection.get("NonKeyAttributes", []))
+    return projection.get("ProjectionType", "?") + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _schema_text(schema: list[dict], types: dict[str, str]) -> str:
