@@ -65,6 +65,7 @@ class FaultProxy:
         self.plan = plan or FaultPlan()
         self.stats = ProxyStats()
         self._hits: Counter = Counter()
+        self._drops = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -92,6 +93,11 @@ class FaultProxy:
                 return False
             self._hits[(kind, identity)] += 1
             return True
+
+    def _next_drop_is_after(self) -> bool:
+        with self._lock:
+            self._drops += 1
+            return self._drops % 2 == 0
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
@@ -133,7 +139,9 @@ def _handler_for(proxy: FaultProxy):
             identity = hashlib.sha256(target.encode() + body).hexdigest()
             plan = proxy.plan
             drop = operation in plan.drop_operations and proxy._hit("drop", plan.drop_share, identity)
-            drop_after = drop and _fraction("after", identity) < 0.5
+            # Alternate before/after instead of drawing it: batch contents (so hashes) depend on thread timing,
+            # and a draw could leave one kind out of a short test.
+            drop_after = drop and proxy._next_drop_is_after()
             if drop and not drop_after:
                 proxy._count(dropped_before=1)
                 return self._drop()

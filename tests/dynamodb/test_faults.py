@@ -29,7 +29,7 @@ TRANSIENT = {
     "throttled, botocore retries": (FaultPlan(throttle_share=0.3), True),
     "throttled, loader retries": (FaultPlan(throttle_share=0.5, max_hits=2), False),
     "dropped connections": (FaultPlan(drop_share=0.3), True),
-    "dropped connections, loader retries": (FaultPlan(drop_share=0.3, drop_operations=frozenset({"BatchWriteItem"})), False),
+    "dropped connections, loader retries": (FaultPlan(drop_share=0.5, drop_operations=frozenset({"BatchWriteItem"})), False),
     "all at once": (FaultPlan(unprocessed_share=0.3, throttle_share=0.2, drop_share=0.2), True),
 }
 
