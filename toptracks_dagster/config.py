@@ -19,7 +19,8 @@ DEFAULT_RAW_DIR = "./data/raw"
 DEFAULT_SPOTIFY_API_BASE_URL = "https://api.spotify.com/v1"
 DEFAULT_SPOTIFY_TOKEN_URL = "https://accounts.spotify.com/api/token"
 
-# Where `toptracks stack` serves the embedded stack when nobody chose other ports.
+# Fallback addresses of the embedded stack for the `local` deployment when its variables are unset
+# (`toptracks run` / `toptracks dev` start the stack on free ports and export the real ones).
 LOCAL_SPOTIFY_PORT = 8787
 LOCAL_DYNAMODB_PORT = 8788
 DEFAULT_LOCAL_ARTISTS_DB = "./data/local/artists.sqlite"

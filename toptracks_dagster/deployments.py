@@ -44,8 +44,8 @@ def _dynamodb(endpoint_default: str | None) -> DynamoDBResource:
 
 
 def _local_resources() -> dict:
-    # The embedded stack (`toptracks run` / `toptracks dev` / `toptracks stack`) exports the addresses and the
-    # emulator's per-start credentials; the defaults are where `toptracks stack` listens.
+    # The embedded stack (`toptracks run` / `toptracks dev`) exports its addresses and the emulator's per-start
+    # credentials; without it (plain `dagster dev`) the defaults below answer nothing and runs say so.
     host = "127.0.0.1"
     return {
         "artists_db": SQLiteArtistsDatabase(path=config.env("TOPTRACKS_LOCAL_ARTISTS_DB", config.DEFAULT_LOCAL_ARTISTS_DB)),

@@ -136,7 +136,8 @@ class SQLiteArtistsDatabase(ArtistsDatabase):
     def fetch_raw_ids(self) -> list[object]:
         if not Path(self.path).exists():
             raise ArtistsDatabaseError(
-                f"embedded artists database {self.path} does not exist; start the local stack with `toptracks stack`"
+                f"embedded artists database {self.path} does not exist; "
+                "run through `toptracks run` or `toptracks dev`, which seed it"
             )
         with closing(sqlite3.connect(self.path)) as connection:
             try:
