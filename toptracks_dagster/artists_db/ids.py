@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-# Spotify ids are base62, 22 characters. Anything else must never be put into a URL path.
-ARTIST_ID_RE = re.compile(r"^[0-9A-Za-z]{22}$")
+# Spotify ids (artists, tracks) are base62, 22 characters. Anything else must never be put into a URL path.
+SPOTIFY_ID_RE = re.compile(r"^[0-9A-Za-z]{22}$")
+ARTIST_ID_RE = SPOTIFY_ID_RE
 
 
 def is_valid_artist_id(value: str) -> bool:

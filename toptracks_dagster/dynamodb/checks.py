@@ -33,9 +33,9 @@ from toptracks_dagster.dynamodb.table import (
     sort_key,
     valid_track_id,
 )
+from toptracks_dagster.partitioned_checks import partition_results
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
-from toptracks_dagster.spotify.checks import partition_results
 from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete, raw_top_tracks_key
 
 SAMPLE_SIZE = 10  # offending keys shown in a result's metadata; the counts always cover all of them

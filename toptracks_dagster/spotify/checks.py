@@ -8,27 +8,21 @@ tracks); WARN where a person should look (more than 10 tracks, duplicates, many 
 
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
-import re
 from collections import Counter
-from typing import Callable, Iterator
+from typing import Callable
 
 from dagster import (
-    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetKey,
-    AssetRecordsFilter,
     MetadataValue,
-    Output,
     asset_check,
-)
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
 )
 
 from toptracks_dagster import config
 from toptracks_dagster.artists_db.checks import SnapshotUnreadable, read_snapshot
+from toptracks_dagster.artists_db.ids import SPOTIFY_ID_RE
+from toptracks_dagster.partitioned_checks import partition_results
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
 from toptracks_dagster.spotify.assets import raw_top_tracks
@@ -37,54 +31,6 @@ from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete, 
 SAMPLE_SIZE = 10  # offending values shown in a result's metadata; the counts always cover all of them
 MAX_TRACKS = 10  # Spotify's documented maximum for top-tracks
 DEFAULT_MAX_404_SHARE = 0.10  # TOPTRACKS_CHECK_MAX_404_SHARE
-SPOTIFY_ID_RE = re.compile(r"^[0-9A-Za-z]{22}$")
-
-
-# ------------------------------------------------------------------------------------------ partitions
-def partition_results(
-    context: AssetCheckExecutionContext, evaluate: Callable[[str], AssetCheckResult]
-) -> Iterator[AssetCheckResult | AssetCheckEvaluation | Output]:
-    """One result per country partition of the run, for partitioned checks (preview in Dagster 1.13).
-
-    A run for one partition gets a plain AssetCheckResult. A single-run backfill (the assets' BackfillPolicy)
-    hands the check a range, and an AssetCheckResult cannot name its partition (Dagster 1.13.27 raises on
-    `context.partition_key` there): emit one AssetCheckEvaluation per partition instead, which the instance
-    records per partition like any other. A run without partitions checks every partition.
-    """
-    if context.has_partition_key:
-        yield evaluate(context.partition_key)
-        return
-    partitions = context.partition_keys if context.has_partition_key_range else country_partitions.get_partition_keys()
-    spec = context.check_specs[0]
-    for partition in partitions:
-        result = evaluate(partition)
-        yield AssetCheckEvaluation(
-            asset_key=spec.asset_key,
-            check_name=spec.name,
-            passed=result.passed,
-            metadata=result.metadata,
-            severity=result.severity,
-            description=result.description,
-            blocking=spec.blocking,
-            partition=partition,
-            target_materialization_data=_latest_materialization(context, spec.asset_key, partition),
-        )
-    # The check's output, so that steps waiting on this (blocking) check can start.
-    yield Output(None, output_name=context.op_def.output_defs[0].name)
-
-
-def _latest_materialization(
-    context: AssetCheckExecutionContext, asset_key: AssetKey, partition: str
-) -> AssetCheckEvaluationTargetMaterializationData | None:
-    # What AssetCheckResult records for a single partition: lets the UI tell a current result from a stale one.
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
-    ).records
-    if not records:
-        return None
-    return AssetCheckEvaluationTargetMaterializationData(
-        run_id=records[0].run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
-    )
 
 
 # ------------------------------------------------------------------------------------------ reading
