@@ -70,7 +70,7 @@ def test_malformed_ids_never_reach_the_api(prod_env, artists_table, emulator, dd
     assert ids_metadata["duplicate_rows"] == 1
     stats = emulator.stats.as_dict()
     assert stats["requests"] == 5, stats  # one request per valid artist, nothing else
-    raw_file = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "top_tracks/market=US/top_tracks.jsonl"
+    raw_file = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
     requested = [json.loads(line) for line in raw_file.read_text().splitlines()[1:-1]]
     assert sorted(r["artist_id"] for r in requested) == sorted(good)
 
@@ -88,7 +88,7 @@ def test_each_asset_materializes_on_its_own(prod_env, artists_table, emulator, d
     with instance_for_test() as instance:
         assert materialize([artist_ids], resources=resources, instance=instance).success
         raw = materialize([raw_top_tracks], partition_key="CA", resources=resources, instance=instance)
-        assert metadata_of(raw, "raw_top_tracks")["artists_requested"] == 8
+        assert metadata_of(raw, "raw_top_tracks")["artists_fetched"] == 8
         table = materialize([top_tracks], partition_key="CA", resources=resources, instance=instance)
         written = metadata_of(table, "top_tracks")["items_written"]
     assert written == len(expected_keys(emulator.catalog, some_artist_ids[:8], ["CA"]))

@@ -1,6 +1,6 @@
 """`toptracks`: run the main job headless (recorded in the Dagster instance), or open the Dagster UI.
 
-  toptracks run [--countries US,CA]   one run per country partition of `top_tracks_job`, then a summary
+  toptracks run [--countries US,CA]   one run of `top_tracks_job` for the markets, then a summary
   toptracks dev                        the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
   toptracks query track|top|popular    read the table: one track, an artist's top list, a market above N
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run top_tracks_job for each country partition and print a summary")
     run.add_argument("--countries", help="comma list of partitions to run (default: all of TOPTRACKS_COUNTRIES)")
+    run.add_argument("--mode", default="full", choices=["full", "changed", "stalest", "artists"],
+                     help="which artists to fetch: all (full), new to a market (changed), the --limit oldest lists "
+                          "(stalest), or --artists")
+    run.add_argument("--limit", type=int, default=0, help="stalest: (artist, market) pairs per market")
+    run.add_argument("--artists", help="artists: comma list of artist ids to refresh")
+    run.add_argument("--reason", help="why this refresh runs (recorded in the metadata)")
+    run.add_argument("--allow-mass-delete", action="store_true",
+                     help=f"consent to deleting more than TOPTRACKS_MAX_DELETE_SHARE of a market (run tag "
+                          f"{config.ALLOW_MASS_DELETE_TAG})")
     run.add_argument("--log-level", default="WARNING", help="Dagster console log level (the instance keeps every event)")
     dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the embedded stack when local)")
     dev.add_argument("--port", type=int, default=3000)
@@ -42,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "query":
             return run_query_command(args)
         if args.command == "run":
-            return _run(args.countries, args.log_level.upper())
+            return _run(args)
         return _dev(args.port)
     except config.ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
@@ -64,64 +74,53 @@ def _prepare_environment(stack_guard: ExitStack) -> None:
               f"artists {stack.artists_db_path}")
 
 
-def _run(countries_arg: str | None, log_level: str) -> int:
+def _run(args) -> int:
     with ExitStack() as stack_guard:
         _prepare_environment(stack_guard)
         # Imported only now: the definitions read the environment the stack just exported.
         from dagster import DagsterInstance
 
         from toptracks_dagster.definitions import defs
+        from toptracks_dagster.run_summary import free_slots_of_dead_runs, print_summary, summarize
 
         configured = config.countries()
-        chosen = config.parse_countries(countries_arg) if countries_arg else configured
+        chosen = config.parse_countries(args.countries) if args.countries else configured
         unknown = [c for c in chosen if c not in configured]
         if unknown:
             raise config.ConfigError(
                 f"{', '.join(unknown)} not among the partitions {','.join(configured)}; add to TOPTRACKS_COUNTRIES"
             )
+        positions = sorted(configured.index(c) for c in chosen)
+        if positions != list(range(positions[0], positions[-1] + 1)):
+            raise config.ConfigError(f"--countries must be a contiguous range of {','.join(configured)} (one run)")
         job = defs.resolve_job_def("top_tracks_job")
         instance = DagsterInstance.get()
-        rows, failed = [], []
-        run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-        for country in chosen:
-            print(f"running top_tracks_job for partition {country} ...", flush=True)
-            started = time.monotonic()
-            result = job.execute_in_process(
-                run_config=run_config, instance=instance, partition_key=country, raise_on_error=False
-            )
-            metadata = {
-                m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
-                for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())
-            }
-            if not result.success:
-                failed.append((country, result.run_id, _failure_text(result)))
-            rows.append((country, result.run_id, result.success, metadata, time.monotonic() - started))
-        _print_summary(rows, failed)
-        return 0 if not failed else 1
-
-
-def _failure_text(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip().splitlines()[0]
-    return "run failed"
-
-
-def _print_summary(rows: list, failed: list) -> None:
-    header = f"{'country':<8}{'artists':>8}{'404':>6}{'tracks':>8}{'written':>9}{'unchanged':>10}{'deleted':>9}{'seconds':>9}  run"
-    print("\n" + header)
-    print("-" * len(header))
-    for country, run_id, success, metadata, seconds in rows:
-        raw = metadata.get("raw_top_tracks", {})
-        table = metadata.get("top_tracks", {})
-        print(
-            f"{country:<8}{raw.get('artists_requested', '-'):>8}{raw.get('artists_not_found_404', '-'):>6}"
-            f"{raw.get('tracks', '-'):>8}{table.get('items_written', '-'):>9}{table.get('items_unchanged', '-'):>10}"
-            f"{table.get('items_deleted', '-'):>9}{seconds:>9.1f}  {run_id[:8]}{'' if success else '  FAILED'}"
-        )
-    for country, run_id, message in failed:
-        print(f"\n{country} failed (run {run_id}): {message}", file=sys.stderr)
-    print(f"\nruns recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
+        for message in free_slots_of_dead_runs(instance):
+            print(message, flush=True)
+        refresh = {"mode": args.mode, "limit": args.limit, "reason": args.reason or f"toptracks run --mode {args.mode}",
+                   "artist_ids": [a.strip() for a in (args.artists or "").split(",") if a.strip()]}
+        run_config = {
+            "loggers": {"console": {"config": {"log_level": args.log_level.upper()}}},
+            "ops": {"raw_top_tracks": {"config": refresh}},
+        }
+        tags = {
+            "dagster/asset_partition_range_start": configured[positions[0]],
+            "dagster/asset_partition_range_end": configured[positions[-1]],
+            "trigger": "toptracks run",
+            # Lets a later `toptracks run` tell a run whose process died (kill -9) from one still working.
+            "toptracks/pid": str(os.getpid()),
+            "toptracks/host": socket.gethostname(),
+        }
+        if args.allow_mass_delete:
+            tags[config.ALLOW_MASS_DELETE_TAG] = "true"
+        markets = [configured[i] for i in range(positions[0], positions[-1] + 1)]
+        print(f"running top_tracks_job for {', '.join(markets)} in one run (mode {args.mode}) ...", flush=True)
+        started = time.monotonic()
+        result = job.execute_in_process(run_config=run_config, instance=instance, tags=tags, raise_on_error=False)
+        summary = summarize(result, markets, time.monotonic() - started)
+        print_summary(summary)
+        print(f"\nrun {result.run_id} recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
+        return 0 if summary.success else 1
 
 
 def _dev(port: int) -> int:

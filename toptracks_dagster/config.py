@@ -1,4 +1,4 @@
-"""The config contract (BRIEF.md section 3): every environment variable the project reads, in one place.
+"""The config contract: every environment variable the project reads, in one place, validated where it is read.
 
 Secrets (SPOTIFY_CLIENT_SECRET, MYSQL_PASSWORD, AWS keys) are never read here: resources take them through
 `dagster.EnvVar`, so Dagster resolves them at run time and never shows them in the UI, logs or events.
@@ -6,6 +6,7 @@ Secrets (SPOTIFY_CLIENT_SECRET, MYSQL_PASSWORD, AWS keys) are never read here: r
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -26,6 +27,7 @@ LOCAL_DYNAMODB_PORT = 8788
 DEFAULT_LOCAL_ARTISTS_DB = "./data/local/artists.sqlite"
 
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 
 
 class ConfigError(ValueError):
@@ -49,24 +51,35 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
     value = env(name)
     if value is None:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+    return number
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float, minimum: float | None = None, maximum: float | None = None) -> float:
+    """A finite number (NaN and infinities are refused: they would silently switch a limit off)."""
     value = env(name)
     if value is None:
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {number:g}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g}, got {number:g}")
+    return number
 
 
 def deployment() -> str:
@@ -93,6 +106,8 @@ def parse_countries(text: str) -> list[str]:
 
 
 def countries() -> list[str]:
+    if "TOPTRACKS_COUNTRIES" in os.environ and not env("TOPTRACKS_COUNTRIES"):
+        raise ConfigError("TOPTRACKS_COUNTRIES is set but empty: name at least one market (e.g. US,CA) or unset it")
     return parse_countries(env("TOPTRACKS_COUNTRIES", DEFAULT_COUNTRIES) or DEFAULT_COUNTRIES)
 
 
@@ -104,4 +119,54 @@ def table_name() -> str:
 
 
 def region() -> str:
-    return env("AWS_REGION", DEFAULT_REGION) or DEFAULT_REGION
+    value = env("AWS_REGION", DEFAULT_REGION) or DEFAULT_REGION
+    if not _REGION_RE.match(value):
+        raise ConfigError(f"AWS_REGION {value!r} is not an AWS region name (e.g. ap-northeast-2, us-east-1)")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ knobs
+def spotify_concurrency(default: int) -> int:
+    return env_int("SPOTIFY_CONCURRENCY", default, minimum=1)
+
+
+def spotify_requests_per_second(default: float) -> float:
+    return env_float("SPOTIFY_REQUESTS_PER_SECOND", default, minimum=0.0)
+
+
+def spotify_max_retry_after_s() -> float:
+    return env_float("SPOTIFY_MAX_RETRY_AFTER_S", 300.0, minimum=0.0)
+
+
+def dynamodb_write_concurrency() -> int:
+    return env_int("DYNAMODB_WRITE_CONCURRENCY", 8, minimum=1)
+
+
+def sensor_interval_s() -> int:
+    return env_int("TOPTRACKS_SENSOR_INTERVAL_S", 60, minimum=1)
+
+
+def max_delete_share() -> float:
+    """Share of a market's items (or of the artist list) a refresh may delete without explicit consent."""
+    return env_float("TOPTRACKS_MAX_DELETE_SHARE", 0.2, minimum=0.0, maximum=1.0)
+
+
+def check_max_id_drop() -> float:
+    return env_float("TOPTRACKS_CHECK_MAX_ID_DROP", 0.2, minimum=0.0, maximum=1.0)
+
+
+def check_max_404_share() -> float:
+    return env_float("TOPTRACKS_CHECK_MAX_404_SHARE", 0.1, minimum=0.0, maximum=1.0)
+
+
+def check_sample_size() -> int:
+    """Artists outside a run's changes whose items the run's table check reads back (a rotating sample)."""
+    return env_int("TOPTRACKS_CHECK_SAMPLE_SIZE", 20, minimum=0)
+
+
+# The run tag that consents to a mass deletion for one run (see max_delete_share).
+ALLOW_MASS_DELETE_TAG = "toptracks/allow_mass_delete"
+
+
+def mass_delete_allowed(tags: dict) -> bool:
+    return str(tags.get(ALLOW_MASS_DELETE_TAG, "")).strip().lower() in {"1", "true", "yes"}

@@ -28,9 +28,9 @@ def _spotify(api_default: str, token_default: str, concurrency: int, rate: float
         client_secret=EnvVar("SPOTIFY_CLIENT_SECRET"),
         api_base_url=config.env("SPOTIFY_API_BASE_URL", api_default),
         token_url=config.env("SPOTIFY_TOKEN_URL", token_default),
-        concurrency=config.env_int("SPOTIFY_CONCURRENCY", concurrency),
-        requests_per_second=config.env_float("SPOTIFY_REQUESTS_PER_SECOND", rate),
-        max_retry_after_s=config.env_float("SPOTIFY_MAX_RETRY_AFTER_S", 300.0),
+        concurrency=config.spotify_concurrency(concurrency),
+        requests_per_second=config.spotify_requests_per_second(rate),
+        max_retry_after_s=config.spotify_max_retry_after_s(),
     )
 
 
@@ -39,7 +39,7 @@ def _dynamodb(endpoint_default: str | None) -> DynamoDBResource:
         endpoint_url=config.env("DYNAMODB_ENDPOINT_URL", endpoint_default),
         region_name=config.region(),
         table_name=config.table_name(),
-        write_concurrency=config.env_int("DYNAMODB_WRITE_CONCURRENCY", 8),
+        write_concurrency=config.dynamodb_write_concurrency(),
     )
 
 
@@ -75,7 +75,7 @@ def _prod_resources() -> dict:
     return {
         "artists_db": MySQLArtistsDatabase(
             host=host,
-            port=config.env_int("MYSQL_PORT", 3306),
+            port=config.env_int("MYSQL_PORT", 3306, minimum=1),
             user=user,
             password=password,
             database=config.env("MYSQL_DATABASE", "production"),

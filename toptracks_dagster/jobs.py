@@ -1,12 +1,31 @@
-"""The main job: artist ids -> raw top tracks -> DynamoDB, one country partition per run."""
+"""Jobs: the refresh (all markets of a run in one run) and the full audit of the table."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetCheckKey, AssetKey, AssetSelection, define_asset_job
 
 from toptracks_dagster.partitions import country_partitions
 
+AUDIT_CHECK = AssetCheckKey(AssetKey("top_tracks"), "top_tracks_audit")
+
 top_tracks_job = define_asset_job(
     "top_tracks_job",
-    selection=AssetSelection.assets("artist_ids", "raw_top_tracks", "top_tracks"),
+    # The refresh verifies what it changed (checks inside the asset steps); the full audit is a job of its own.
+    selection=AssetSelection.assets("artist_ids", "raw_top_tracks", "top_tracks") - AssetSelection.checks(AUDIT_CHECK),
     partitions_def=country_partitions,
-    description="Refresh one market end to end: read artist ids, fetch their top tracks, load DynamoDB exactly.",
+    description=(
+        "Refresh the markets of the run end to end: read artist ids once, fetch the artists the refresh config "
+        "chooses for every market together, load DynamoDB exactly. A partition range is one run."
+    ),
 )
+
+top_tracks_audit_job = define_asset_job(
+    "top_tracks_audit_job",
+    selection=AssetSelection.checks(AUDIT_CHECK),
+    partitions_def=country_partitions,
+    description="Reconcile every item of the chosen markets against the raw partitions (the `top_tracks_audit` check).",
+)
+
+
+def all_markets_tags() -> dict[str, str]:
+    """Run tags that make one run cover every market (a single-run partition range)."""
+    keys = country_partitions.get_partition_keys()
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}

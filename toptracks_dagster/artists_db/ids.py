@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-# Spotify ids (artists, tracks) are base62, 22 characters. Anything else must never be put into a URL path.
-SPOTIFY_ID_RE = re.compile(r"^[0-9A-Za-z]{22}$")
-ARTIST_ID_RE = SPOTIFY_ID_RE
-
-
-def is_valid_artist_id(value: str) -> bool:
-    return bool(ARTIST_ID_RE.match(value))
+from toptracks_dagster.common import is_valid_spotify_id
 
 
 @dataclass
@@ -33,7 +26,7 @@ def screen_artist_ids(values: Iterable[object]) -> ScreenedArtistIds:
         if isinstance(value, (bytes, bytearray)):
             value = bytes(value).decode("utf-8", errors="replace")
         text = value.strip() if isinstance(value, str) else None
-        if text is None or not is_valid_artist_id(text):
+        if text is None or not is_valid_spotify_id(text):
             shown = repr(value)[:80]
             if shown not in invalid_seen:
                 invalid_seen.add(shown)

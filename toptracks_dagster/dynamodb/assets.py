@@ -10,23 +10,40 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
+    TableColumn,
+    TableSchema,
     asset,
 )
 
-from toptracks_dagster.dynamodb.ledger import forget_ledger, read_ledger, table_identity, write_ledger
+from toptracks_dagster import config as settings
+from toptracks_dagster.check_results import emit_check_results
+from toptracks_dagster.dynamodb.checks import TABLE_CHECK_SPECS, verify_market_after_load
+from toptracks_dagster.dynamodb.load import MassDeletionRefused, load_market
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import (
     DynamoDBUnavailable,
     DynamoDBWriteIncomplete,
     ItemTooLarge,
-    MarketLoader,
     TableSchemaMismatch,
     ensure_table,
 )
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
 from toptracks_dagster.spotify.assets import raw_top_tracks
-from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete
+from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete, raw_partition_key
+
+ITEM_SCHEMA = TableSchema(columns=[
+    TableColumn("artist_id", "string", description="partition key: Spotify artist id"),
+    TableColumn("country_track_id", "string", description="sort key: '<market>#<track id>'"),
+    TableColumn("country", "string", description="market; GSI country-popularity-index hash key"),
+    TableColumn("popularity", "number", description="0..100; GSI range key (0 with popularity_missing when absent)"),
+    TableColumn("id", "string", description="Spotify track id"),
+    TableColumn("rank", "number", description="1-based position in the artist's top list"),
+    TableColumn("name", "string"),
+    TableColumn("fetched_at", "string", description="when this version of the list was fetched (ISO 8601, UTC)"),
+    TableColumn("content_hash", "string", description="what decides whether the item is rewritten"),
+    TableColumn("album, artists, duration_ms, ...", "map/list/...", description="the rest of the track JSON"),
+])
 
 
 @asset(
@@ -35,63 +52,77 @@ from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete
     deps=[raw_top_tracks],
     partitions_def=country_partitions,
     backfill_policy=BackfillPolicy.single_run(),
+    check_specs=TABLE_CHECK_SPECS,
+    pool="dynamodb_top_tracks",  # two loads of one market never interleave (instance pool limit 1)
     retry_policy=RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL),
     kinds={"dynamodb"},
     owners=["team:data-eng"],
+    metadata={"dagster/column_schema": ITEM_SCHEMA},
     description=(
         "The DynamoDB table (TOPTRACKS_TABLE, default `top_tracks`): key artist_id + country_track_id "
-        "('<market>#<track id>'), GSI country-popularity-index. After a partition's load the table's items for "
-        "that market are exactly the raw partition's tracks: changed items rewritten, unchanged ones left "
-        "alone, tracks and artists that left deleted."
+        "('<market>#<track id>'), GSI country-popularity-index. After a market's load its items are exactly "
+        "the current raw partition's tracks. Cost per market: 0 requests for unchanged artists (the load "
+        "ledger), one consistent Query plus the changed items' writes per changed or removed artist, and the "
+        "check's read-back of those artists plus a sample of TOPTRACKS_CHECK_SAMPLE_SIZE. A load that would "
+        "delete more than TOPTRACKS_MAX_DELETE_SHARE of a market's items stops before writing unless the run "
+        "has the tag toptracks/allow_mass_delete=true."
     ),
 )
-def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_storage: RawStorage) -> MaterializeResult:
+def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_storage: RawStorage):
     client = dynamodb.get_client()
+    endpoint = dynamodb.describe_endpoint()
     try:
-        table_status = ensure_table(client, dynamodb.table_name, dynamodb.describe_endpoint())
+        table_status = ensure_table(client, dynamodb.table_name, endpoint)
     except (DynamoDBUnavailable, TableSchemaMismatch) as error:
-        raise Failure(description=str(error), allow_retries=isinstance(error, DynamoDBUnavailable)) from None
-    if table_status == "created":
-        context.log.info(f"created table {dynamodb.table_name} (on-demand) at {dynamodb.describe_endpoint()}")
-    per_market = {market: _load_market(context, client, dynamodb, raw_storage, market) for market in context.partition_keys}
-    if len(per_market) == 1:
-        return MaterializeResult(metadata=next(iter(per_market.values())))
-    return MaterializeResult(metadata={
-        "markets": MetadataValue.json(per_market),
-        "dagster/row_count": sum(md["dagster/row_count"] for md in per_market.values()),
-    })
-
-
-def _load_market(context: AssetExecutionContext, client, dynamodb: DynamoDBResource, raw_storage: RawStorage,
-                 market: str) -> dict:
-    started = time.monotonic()
-    try:
-        raw = RawPartition(raw_storage, market)
-    except (RawObjectMissing, RawPartitionIncomplete) as error:
         raise Failure(description=str(error), allow_retries=False) from None
-    identity = table_identity(client, dynamodb.table_name, dynamodb.describe_endpoint())
-    previous = read_ledger(raw_storage, market, identity)
-    forget_ledger(raw_storage, market)  # a crash from here on leaves no ledger: the next load reads the table
-    loader = MarketLoader(client, dynamodb.table_name, market, concurrency=dynamodb.write_concurrency,
-                          max_batch_retries=dynamodb.max_batch_retries, log=context.log.info,
-                          previous_ledger=previous)
-    try:
-        stats = loader.load(raw.outcomes())
-    except (DynamoDBWriteIncomplete, ItemTooLarge) as error:
-        raise Failure(description=f"market {market}: {error}") from None
-    write_ledger(raw_storage, market, identity, loader.ledger)
-    wall_s = time.monotonic() - started
-    numbers = stats.as_dict()
-    context.log.info(
-        f"{market}: {numbers['items_written']} written, {numbers['items_unchanged']} unchanged, "
-        f"{numbers['items_deleted']} deleted, {numbers['write_requests']} write requests in {wall_s:.1f} s"
-    )
-    return {
-        "dagster/row_count": numbers["items_written"] + numbers["items_unchanged"],
-        "market": market,
-        "table": dynamodb.table_name,
-        "endpoint": dynamodb.describe_endpoint(),
-        **{name: value for name, value in numbers.items()},
-        "wall_time_s": round(wall_s, 3),
-        "table_read_skipped": previous is not None,  # the ledger of the last load made reading the table unneeded
-    }
+    if table_status == "created":
+        context.log.info(f"created table {dynamodb.table_name} (on-demand) at {endpoint}")
+    # Every raw partition is verified whole before the first write to any market.
+    raws = {}
+    for market in context.partition_keys:
+        try:
+            raws[market] = RawPartition.open(raw_storage, market)
+        except (RawObjectMissing, RawPartitionIncomplete) as error:
+            raise Failure(description=str(error), allow_retries=False) from None
+    results = {}
+    for market, raw in raws.items():
+        started = time.monotonic()
+        try:
+            result = load_market(
+                client, dynamodb.table_name, endpoint, raw, raw_storage, created_now=table_status == "created",
+                concurrency=dynamodb.write_concurrency, max_batch_retries=dynamodb.max_batch_retries,
+                max_delete_share=settings.max_delete_share(),
+                delete_allowed=settings.mass_delete_allowed(context.run.tags), log=context.log.info)
+        except MassDeletionRefused as error:
+            raise Failure(description=str(error), allow_retries=False) from None
+        except DynamoDBUnavailable as error:
+            raise Failure(description=str(error), allow_retries=False) from None
+        except (DynamoDBWriteIncomplete, ItemTooLarge) as error:
+            raise Failure(description=f"market {market}: {error}") from None
+        results[market] = result
+        numbers = result.stats.as_dict()
+        wall_s = time.monotonic() - started
+        context.log.info(
+            f"{market}: {numbers['items_written']} written, {numbers['items_unchanged']} unchanged, "
+            f"{numbers['items_deleted']} deleted, {numbers['write_requests']} write requests, "
+            f"{numbers['read_requests']} reads in {wall_s:.1f} s (table state: {result.table_state})"
+        )
+        context.add_asset_metadata({
+            "dagster/row_count": int(numbers["items_written"] + numbers["items_unchanged"]),
+            "dagster/table_name": dynamodb.table_name,
+            "endpoint": endpoint,
+            "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market))),
+            **{name: value for name, value in numbers.items()},
+            "artists_changed": len(result.changed_artists),
+            "artists_removed": len(result.removed_artists),
+            "table_state": result.table_state,
+            "wall_time_s": round(wall_s, 3),
+        }, partition_key=market)
+    yield MaterializeResult()
+    checks = {}
+    for market, raw in raws.items():
+        touched = results[market].changed_artists | results[market].removed_artists
+        base = {"market": market, "table": dynamodb.table_name, "endpoint": endpoint}
+        checks[market] = verify_market_after_load(dynamodb, raw, touched, settings.check_sample_size(),
+                                                  seed=context.run_id, base=base)
+    yield from emit_check_results(context, checks)

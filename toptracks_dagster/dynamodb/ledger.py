@@ -1,10 +1,14 @@
-"""The load ledger: per market, each artist's list digest as the last successful load wrote it.
+"""The load ledger and its journal: what the table holds per market, known without reading the table.
 
-With it an unchanged refresh reads nothing from the table and writes nothing. It is kept in raw storage next to
-the raw partition and trusted only for the same table (name, endpoint, creation time) and item format. It is
-removed before a load starts and written after the load succeeds, so after a crash at any point the next load
-finds none and falls back to reading the table (consistent per-artist queries plus a GSI sweep). Writes to the
-table by anything else are outside its view; the `top_tracks_match_raw` check compares the table itself.
+`ledger.json`: each artist's list digest and item count as the last successful load left them. With it a load
+reads and writes only artists whose list changed, and an unchanged refresh touches nothing.
+`journal.json`: written before a load's first write, naming every artist that load may touch; removed once the
+new ledger is written. After a crash, the next load trusts the ledger for everyone but the journal's artists,
+whose items it reads back from the table: recovery costs what the crashed load was changing, not the market.
+
+Both live in raw storage next to each other under `top_tracks/market=XX/` and are trusted only for the same
+table (name, endpoint, creation time) and item format. Writes to the table by anything else are outside their
+view; the `top_tracks_audit` check compares the whole table.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import json
 from toptracks_dagster.dynamodb.table import ITEM_FORMAT
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
 
+ALL_ARTISTS = "*"  # a journal entry meaning the load could touch any artist of the market
 
-def ledger_key(market: str) -> str:
-    return f"top_tracks/market={market}/dynamodb_ledger.json"
+
+def _key(market: str, name: str) -> str:
+    return f"top_tracks/market={market}/{name}"
 
 
 def table_identity(client, table_name: str, endpoint: str) -> dict:
@@ -24,21 +30,55 @@ def table_identity(client, table_name: str, endpoint: str) -> dict:
     return {"table": table_name, "endpoint": endpoint, "created": str(created), "item_format": ITEM_FORMAT}
 
 
-def read_ledger(storage: RawStorage, market: str, identity: dict) -> dict[str, str] | None:
+def _read(storage: RawStorage, key: str, identity: dict) -> dict | None:
     try:
-        with storage.open_for_read(ledger_key(market)) as stream:
+        with storage.open_for_read(key) as stream:
             document = json.load(stream)
     except (RawObjectMissing, ValueError):
         return None
-    if document.get("identity") != identity or not isinstance(document.get("artists"), dict):
+    return document if isinstance(document, dict) and document.get("identity") == identity else None
+
+
+class Ledger:
+    """{artist_id: (digest, item count)} of one market in one table."""
+
+    def __init__(self, artists: dict[str, list]):
+        self.artists = artists
+
+    def digests(self) -> dict[str, str]:
+        return {artist: entry[0] for artist, entry in self.artists.items()}
+
+    def count(self, artist_id: str) -> int:
+        entry = self.artists.get(artist_id)
+        return int(entry[1]) if entry else 0
+
+    def total_items(self) -> int:
+        return sum(int(entry[1]) for entry in self.artists.values())
+
+
+def read_ledger(storage: RawStorage, market: str, identity: dict) -> Ledger | None:
+    document = _read(storage, _key(market, "ledger.json"), identity)
+    if document is None or not isinstance(document.get("artists"), dict):
         return None
-    return document["artists"]
+    return Ledger(document["artists"])
 
 
-def forget_ledger(storage: RawStorage, market: str) -> None:
-    storage.delete(ledger_key(market))
+def write_ledger(storage: RawStorage, market: str, identity: dict, artists: dict[str, tuple[str, int]]) -> None:
+    with storage.open_for_write(_key(market, "ledger.json")) as stream:
+        json.dump({"identity": identity, "artists": {a: list(v) for a, v in artists.items()}}, stream,
+                  separators=(",", ":"))
 
 
-def write_ledger(storage: RawStorage, market: str, identity: dict, artists: dict[str, str]) -> None:
-    with storage.open_for_write(ledger_key(market)) as stream:
-        json.dump({"identity": identity, "artists": artists}, stream, separators=(",", ":"))
+def read_journal(storage: RawStorage, market: str, identity: dict) -> set[str] | None:
+    """Artists a load that did not finish may have touched (ALL_ARTISTS in it: any), or None."""
+    document = _read(storage, _key(market, "journal.json"), identity)
+    return set(document.get("artists", [])) if document is not None else None
+
+
+def write_journal(storage: RawStorage, market: str, identity: dict, artists: set[str]) -> None:
+    with storage.open_for_write(_key(market, "journal.json")) as stream:
+        json.dump({"identity": identity, "artists": sorted(artists)}, stream, separators=(",", ":"))
+
+
+def clear_journal(storage: RawStorage, market: str) -> None:
+    storage.delete(_key(market, "journal.json"))

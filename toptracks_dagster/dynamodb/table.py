@@ -491,6 +491,36 @@ class BatchWriter:
 
 
 # ---------------------------------------------------------------------------------------------------- loads
+def wanted_items(outcome, market: str, stats: LoadStats | None = None) -> dict[str, dict]:
+    """'<market>#<track id>' -> item, as the load stores one artist's outcome (a 404 or empty list: none).
+    Tracks without a usable id are skipped; a repeated track keeps its first rank."""
+    wanted: dict[str, dict] = {}
+    if outcome.status != 200:
+        return wanted
+    for rank, track in enumerate(outcome.tracks or [], start=1):
+        track_id = track.get("id") if isinstance(track, dict) else None
+        if not valid_track_id(market, track_id):
+            if stats:
+                stats.add(tracks_without_id=1)
+            continue
+        key = sort_key(market, track_id)
+        if key in wanted:
+            if stats:
+                stats.add(duplicate_tracks=1)
+            continue
+        wanted[key] = build_item(outcome.artist_id, market, rank, track, outcome.requested_at)
+    return wanted
+
+
+def outcome_digest(outcome, market: str) -> tuple[str, int] | None:
+    """(list digest, item count) of an outcome as the load would write it; None for an error outcome, whose
+    artist keeps its previous items."""
+    if outcome.status not in (200, 404):
+        return None
+    wanted = wanted_items(outcome, market)
+    return list_digest(wanted), len(wanted)
+
+
 class MarketLoader:
     """Makes the table's items for one market equal a raw partition, writing only what changed.
 
@@ -504,12 +534,18 @@ class MarketLoader:
 
     def __init__(self, client, table_name: str, market: str, *, concurrency: int = 8, max_batch_retries: int = 8,
                  log: Callable[[str], None] | None = None, base_delay_s: float = 0.05, max_delay_s: float = 5.0,
-                 previous_ledger: dict[str, str] | None = None):
+                 previous_ledger: dict[str, str] | None = None, untrusted: set[str] | None = None,
+                 known_digests: dict[str, tuple[str, int]] | None = None):
         # previous_ledger: {artist_id: list digest} of the last successful load of this market into this table,
         # or None when unknown. With it, an artist whose list digest is unchanged is skipped without reading
         # the table, and only artists of the ledger can have items to sweep. `ledger` is this load's, filled as
         # artists are refreshed; store it only after load() returns.
+        # untrusted: artists whose ledger entry a crashed load may have invalidated (read from the table).
+        # known_digests: {artist_id: (list digest, item count)} computed before the load, to skip unchanged
+        # artists without rebuilding their items.
         self._previous = previous_ledger
+        self._untrusted = untrusted or set()
+        self._known_digests = known_digests or {}
         self.ledger: dict[str, str] = {}
         self._ledger_lock = threading.Lock()
         self._client = client
@@ -535,7 +571,7 @@ class MarketLoader:
             if self._previous is None:
                 self._delete_absent_artists(seen_artists)
             else:
-                self._delete_artists(sorted(self._previous.keys() - seen_artists))
+                self._delete_artists(sorted((self._previous.keys() | self._untrusted) - seen_artists))
         except TRANSIENT_EXCEPTIONS as error:
             self._writer.abort()
             raise DynamoDBUnavailable(f"DynamoDB at {endpoint_of(self._client)} failed during the load of "
@@ -606,25 +642,26 @@ class MarketLoader:
             if self._previous and outcome.artist_id in self._previous:
                 self._remember(outcome.artist_id, self._previous[outcome.artist_id])
             return
-        wanted: dict[str, dict] = {}
-        for rank, track in enumerate(outcome.tracks or [], start=1):
-            track_id = track.get("id") if isinstance(track, dict) else None
-            if not valid_track_id(self._market, track_id):
-                self.stats.add(tracks_without_id=1)
-                continue
-            key = sort_key(self._market, track_id)
-            if key in wanted:
-                self.stats.add(duplicate_tracks=1)
-                continue
-            wanted[key] = build_item(outcome.artist_id, self._market, rank, track, outcome.requested_at)
+        known = self._known_digests.get(outcome.artist_id)
+        if (known is not None and self._previous is not None and outcome.artist_id not in self._untrusted
+                and self._previous.get(outcome.artist_id) == known[0]):
+            # Same list as the last successful load wrote (digest computed before the load): nothing to do.
+            self.stats.add(items_unchanged=known[1], artists_skipped_unchanged=1)
+            self._remember(outcome.artist_id, known[0])
+            return
+        wanted = wanted_items(outcome, self._market, self.stats)
         digest = list_digest(wanted)
-        if self._previous is not None and self._previous.get(outcome.artist_id) == digest:
+        if (self._previous is not None and outcome.artist_id not in self._untrusted
+                and self._previous.get(outcome.artist_id) == digest):
             # Same list as the last successful load wrote: nothing to read, nothing to write.
             self.stats.add(items_unchanged=len(wanted), artists_skipped_unchanged=1,
                            tracks_without_popularity=sum(1 for i in wanted.values() if i.get("popularity_missing")))
             self._remember(outcome.artist_id, digest)
             return
-        existing = self._existing_hashes(outcome.artist_id)
+        if self._previous is None or outcome.artist_id in self._previous or outcome.artist_id in self._untrusted:
+            existing = self._existing_hashes(outcome.artist_id)
+        else:
+            existing = {}  # the ledger covers every artist with items in this market: this one has none
         changed = {key: item for key, item in wanted.items() if existing.get(key) != item["content_hash"]}
         try:  # every changed item is checked before any is written: an artist is refreshed whole or not at all
             serialized = [serialize_item(item) for item in changed.values()]

@@ -1,16 +1,19 @@
 """Raw storage: where the artist-id snapshot and the raw Spotify answers are kept, as JSON text.
 
 Writers are atomic (a reader never sees a half-written object) and streamed (nothing is held in memory).
+`write_aside` goes one step further: the object is written and can be read back and checked before it is
+published under its key, so the previous version stays current until the new one has passed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
@@ -21,11 +24,47 @@ class RawObjectMissing(FileNotFoundError):
     """A raw object that an asset needs has not been written yet."""
 
 
+class PendingObject:
+    """An object written aside: readable with `open_for_read`, published under its key only by `publish`."""
+
+    def __init__(self, path: Path, publish: Callable[[Path], None], uri: str):
+        self.path = path
+        self.uri = uri  # where it will be published
+        self._publish = publish
+
+    @contextmanager
+    def open_for_read(self) -> Iterator[IO[str]]:
+        with self.path.open("r", encoding="utf-8") as stream:
+            yield stream
+
+    def publish(self) -> None:
+        self._publish(self.path)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class RawStorage(ConfigurableResource, ABC):
     @abstractmethod
     @contextmanager
     def open_for_write(self, key: str) -> Iterator[IO[str]]:
         """A text stream; the object appears under `key` only if the block exits without an error."""
+
+    @contextmanager
+    def write_aside(self, key: str) -> Iterator[tuple[IO[str], PendingObject]]:
+        """A text stream and its PendingObject: after the block the object is complete but not published.
+        The caller publishes or discards it; an error inside the block discards it."""
+        pending = self._pending(key)
+        try:
+            with pending.path.open("w", encoding="utf-8") as stream:
+                yield stream, pending
+        except BaseException:
+            pending.discard()
+            raise
+
+    @abstractmethod
+    def _pending(self, key: str) -> PendingObject:
+        """A fresh local file that `publish` turns into the object under `key`."""
 
     @abstractmethod
     @contextmanager
@@ -55,11 +94,23 @@ class LocalRawStorage(RawStorage):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def _temp_file(self, path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphaned_temp_files(path.parent)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        return tmp_name
+
+    def _pending(self, key: str) -> PendingObject:
+        path = self._path(key)
+        # In the target directory, so that publishing is an atomic rename.
+        return PendingObject(Path(self._temp_file(path)), lambda tmp: os.replace(tmp, path), self.uri(key))
+
     @contextmanager
     def open_for_write(self, key: str) -> Iterator[IO[str]]:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp_name = self._temp_file(path)
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_TRUNC)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as stream:
                 yield stream
@@ -79,6 +130,27 @@ class LocalRawStorage(RawStorage):
             yield stream
 
 
+_TEMP_NAME_RE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+def _remove_orphaned_temp_files(directory: Path) -> None:
+    """Temp files of writers that died (kill -9) never become objects; remove those whose process is gone."""
+    for entry in directory.glob(".*.tmp"):
+        match = _TEMP_NAME_RE.match(entry.name)
+        if match and not _process_alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class S3RawStorage(RawStorage):
     """An S3 bucket through dagster-aws's S3Resource (TOPTRACKS_RAW_S3_BUCKET)."""
 
@@ -94,6 +166,16 @@ class S3RawStorage(RawStorage):
 
     def delete(self, key: str) -> None:
         self.s3.get_client().delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def _pending(self, key: str) -> PendingObject:
+        fd, name = tempfile.mkstemp(suffix=".jsonl")
+        os.close(fd)
+
+        def publish(path: Path) -> None:
+            self.s3.get_client().upload_file(str(path), self.bucket, self._key(key))
+            path.unlink(missing_ok=True)
+
+        return PendingObject(Path(name), publish, self.uri(key))
 
     @contextmanager
     def open_for_write(self, key: str) -> Iterator[IO[str]]:

@@ -26,7 +26,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
 import requests
@@ -35,7 +34,7 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from toptracks_dagster.counters import ThreadSafeCounters
-from toptracks_dagster.artists_db.ids import is_valid_artist_id
+from toptracks_dagster.common import is_valid_spotify_id, utc_now_iso
 
 
 class SpotifyError(RuntimeError):
@@ -56,6 +55,10 @@ class SpotifyRetryAfterTooLong(SpotifyError):
 
 class SpotifyRequestFailed(SpotifyError):
     """A request still failed after its bounded tries."""
+
+
+class SpotifyUnreachable(SpotifyRequestFailed):
+    """The token endpoint could not be reached at all after the client's own retries (refused, DNS, timeout)."""
 
 
 class _Stopped(SpotifyError):
@@ -80,10 +83,6 @@ _SERVER_ERRORS = (500, 502, 503, 504)
 _BODY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError)
 _NEVER = threading.Event()  # the stop signal of calls made outside iter_top_tracks: never set
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -167,8 +166,9 @@ class AccessTokenProvider:
             )
         except requests.RequestException as error:
             # The exception text holds no credentials (they travel in a header), but keep it short anyway.
-            raise SpotifyRequestFailed(
-                f"Spotify token endpoint {self._token_url} unreachable: {type(error).__name__}"
+            raise SpotifyUnreachable(
+                f"Spotify token endpoint {self._token_url} is unreachable ({_transport_problem(error)}, "
+                f"{type(error).__name__}) after retries: check SPOTIFY_TOKEN_URL and the network"
             ) from None
         body = _json_or_none(response)
         if response.status_code in (400, 401) and isinstance(body, dict) and "error" in body:
@@ -380,7 +380,7 @@ class SpotifyClient:
         return getattr(self._worker, "stop", None) or _NEVER
 
     def _fetch(self, artist_id: str, market: str, stop: threading.Event) -> TopTracksOutcome:
-        if not is_valid_artist_id(artist_id):
+        if not is_valid_spotify_id(artist_id):
             # Ids are screened upstream; this guard keeps an unvalidated id out of the URL path regardless.
             raise ValueError(f"refusing to request malformed artist id {artist_id!r}")
         where = f"top-tracks for artist {artist_id} market {market}"
@@ -499,16 +499,22 @@ class SpotifyClient:
             raise _Stopped("fetch stopped after an error in another worker")
 
     def iter_top_tracks(self, artist_ids: Iterable[str], market: str) -> Iterator[TopTracksOutcome]:
-        """Outcomes in the order of `artist_ids`, fetched by `concurrency` threads, at most 2x that in flight.
+        """Outcomes for one market in the order of `artist_ids` (see `iter_pairs`)."""
+        return self.iter_pairs((artist_id, market) for artist_id in artist_ids)
+
+    def iter_pairs(self, pairs: Iterable[tuple[str, str]]) -> Iterator[TopTracksOutcome]:
+        """Outcomes of (artist id, market) pairs in their order, fetched by `concurrency` threads, at most 2x that
+        in flight; pairs of several markets share this client's token and pacer.
 
         The first error in any worker stops every worker and is raised at once (a fatal one in preference).
         """
         run = _Run()
-        ids = iter(artist_ids)
+        ids = iter(pairs)
         in_flight: deque[Future[TopTracksOutcome]] = deque()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="spotify")
 
-        def work(artist_id: str) -> TopTracksOutcome:
+        def work(pair: tuple[str, str]) -> TopTracksOutcome:
+            artist_id, market = pair
             if run.stop.is_set():
                 raise _Stopped("fetch stopped after an error in another worker")
             self._worker.stop = run.stop
@@ -523,9 +529,9 @@ class SpotifyClient:
                 self._worker.stop = None
 
         def submit_next() -> None:
-            artist_id = next(ids, None)
-            if artist_id is not None:
-                in_flight.append(pool.submit(work, artist_id))
+            pair = next(ids, None)
+            if pair is not None:
+                in_flight.append(pool.submit(work, pair))
 
         try:
             for _ in range(self.concurrency * 2):

@@ -1,126 +1,376 @@
-"""Raw top-tracks partitions: one JSON Lines object per market, streamed in and out.
+"""Raw top-tracks partitions: one JSON Lines object per market, outcomes sorted by artist id, streamed.
 
 Layout, one JSON object per line:
-  {"record": "request", "market", "api_base_url", "started_at", "artists"}   what was asked, when
+  {"record": "request", "format": 2, "market", "api_base_url", "started_at", "refresh": {...}}   what was asked
   {"record": "outcome", "artist_id", "market", "requested_at", "status", "tracks", "error", ...}  one per artist
-  {"record": "end", "outcomes", "finished_at"}                                  proves the object is complete
-404s are outcomes too, so the load can be replayed without calling Spotify again.
+  {"record": "end", "outcomes", "finished_at"}                                                 proves completeness
+404s are outcomes too, so the load can be replayed without calling Spotify again. Outcomes are sorted by artist
+id (each artist at most once), which lets a refresh of a few artists be merged into the partition in one
+streaming pass: `PartitionMerge` keeps the other artists' outcomes as they are and drops artists that left the
+artist list.
+
+The partition a reader sees (`raw_partition_key`) is only ever replaced by a merged version that passed its
+blocking checks: the merge is written aside (`RawStorage.write_aside`), verified, checked, then published.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import IO, Iterable, Iterator
 
-from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
-from toptracks_dagster.spotify.client import TopTracksOutcome, utc_now_iso
+from toptracks_dagster.common import is_valid_spotify_id, parse_iso, utc_now_iso
+from toptracks_dagster.raw_storage.resources import PendingObject, RawObjectMissing, RawStorage
+from toptracks_dagster.spotify.client import TopTracksOutcome
+
+FORMAT = 2
+MAX_TRACKS = 10  # Spotify's documented maximum for top-tracks
+SAMPLE_SIZE = 10  # offending values kept for a check's metadata; counts always cover all of them
+_OUTCOME_FIELDS = {f.name for f in fields(TopTracksOutcome)}
 
 
 class RawPartitionIncomplete(RuntimeError):
-    """The raw object lacks its end record or its outcome count is off: it was truncated or is being written."""
+    """The raw object is truncated, corrupt or not in the expected shape; the message names file, line, market."""
 
 
-def raw_top_tracks_key(market: str) -> str:
+def raw_partition_key(market: str) -> str:
+    return f"raw_top_tracks/market={market}/top_tracks.jsonl"
+
+
+def _legacy_key(market: str) -> str:
+    # Where raw partitions lived before they were kept sorted under the raw asset's own name.
     return f"top_tracks/market={market}/top_tracks.jsonl"
 
 
+def outcome_from_record(record: dict) -> TopTracksOutcome:
+    return TopTracksOutcome(**{k: v for k, v in record.items() if k in _OUTCOME_FIELDS})
+
+
+# ------------------------------------------------------------------------------------------ reading
+class RawPartition:
+    """A verified raw partition: every line parsed, request and end records, outcomes sorted and unique.
+
+    Verification reads the whole object once before anything uses it, so a corrupt line anywhere is refused
+    up front (naming file, line and market) instead of halfway through a load. Keeps each artist's
+    `requested_at` (ids and timestamps only, never tracks) for refresh planning.
+    """
+
+    def __init__(self, market: str, uri: str, opener, request: dict, end: dict, requested_at: dict[str, str]):
+        self.market = market
+        self.uri = uri
+        self._open = opener
+        self.request = request
+        self.end = end
+        self.requested_at = requested_at
+
+    @classmethod
+    def open(cls, storage: RawStorage, market: str) -> "RawPartition":
+        """The market's current partition; RawObjectMissing when it has none yet."""
+        key = raw_partition_key(market)
+        try:
+            return cls._verified(market, storage.uri(key), lambda: storage.open_for_read(key))
+        except RawObjectMissing:
+            pass
+        if _migrate_legacy(storage, market):
+            return cls._verified(market, storage.uri(key), lambda: storage.open_for_read(key))
+        raise RawObjectMissing(
+            f"raw top tracks for market {market} not found at {storage.uri(key)}: "
+            "materialize `raw_top_tracks` for this partition first"
+        )
+
+    @classmethod
+    def open_or_none(cls, storage: RawStorage, market: str) -> "RawPartition | None":
+        try:
+            return cls.open(storage, market)
+        except RawObjectMissing:
+            return None
+
+    @classmethod
+    def from_pending(cls, pending: PendingObject, market: str) -> "RawPartition":
+        return cls._verified(market, pending.uri, pending.open_for_read)
+
+    @classmethod
+    def _verified(cls, market: str, uri: str, opener) -> "RawPartition":
+        request: dict | None = None
+        end: dict | None = None
+        requested_at: dict[str, str] = {}
+        previous_id = ""
+        line_number = 0
+
+        def refuse(problem: str) -> RawPartitionIncomplete:
+            return RawPartitionIncomplete(
+                f"raw top tracks for market {market} at {uri} are unusable: line {line_number}: {problem}; "
+                "re-materialize `raw_top_tracks` for this market"
+            )
+
+        with opener() as stream:
+            for line_number, line in enumerate(stream, start=1):
+                if end is not None:
+                    raise refuse("content after the end record")
+                try:
+                    record = json.loads(line)
+                except ValueError as error:
+                    raise refuse(f"not valid JSON ({error})") from None
+                kind = record.get("record") if isinstance(record, dict) else None
+                if line_number == 1:
+                    if kind != "request":
+                        raise refuse("the first line is not the request record")
+                    request = record
+                elif kind == "outcome":
+                    artist_id = record.get("artist_id")
+                    if not is_valid_spotify_id(artist_id):
+                        raise refuse(f"artist id {str(artist_id)[:40]!r} is not a Spotify id")
+                    if record.get("market") != market:
+                        raise refuse(f"outcome for market {record.get('market')!r}, not {market}")
+                    if artist_id <= previous_id:
+                        raise refuse(f"artist {artist_id} is out of order or repeated")
+                    if not isinstance(record.get("status"), int):
+                        raise refuse(f"artist {artist_id} has no integer status")
+                    previous_id = artist_id
+                    requested_at[artist_id] = str(record.get("requested_at", ""))
+                elif kind == "end":
+                    end = record
+                else:
+                    raise refuse(f"unexpected record {kind!r}")
+        if request is None:
+            line_number = 0
+            raise refuse("the object is empty")
+        if end is None:
+            raise refuse("no end record (the object was cut short)")
+        if end.get("outcomes") != len(requested_at):
+            raise refuse(f"the end record counts {end.get('outcomes')} outcomes, the object holds {len(requested_at)}")
+        return cls(market, uri, opener, request, end, requested_at)
+
+    def outcomes(self) -> Iterator[TopTracksOutcome]:
+        with self._open() as stream:
+            for line in stream:
+                record = json.loads(line)
+                if record.get("record") == "outcome":
+                    yield outcome_from_record(record)
+
+    def artist_ids(self) -> list[str]:
+        return list(self.requested_at)
+
+
+def _migrate_legacy(storage: RawStorage, market: str) -> bool:
+    """Rewrite a partition of the old layout (unsorted, under top_tracks/) into the current one, once."""
+    legacy = _legacy_key(market)
+    try:
+        with storage.open_for_read(legacy) as stream:
+            records = [json.loads(line) for line in stream]
+    except (RawObjectMissing, ValueError):
+        return False
+    if not records or records[0].get("record") != "request" or records[-1].get("record") != "end":
+        return False
+    outcomes = {r["artist_id"]: r for r in records[1:-1] if r.get("record") == "outcome"}
+    with storage.open_for_write(raw_partition_key(market)) as stream:
+        _write_record(stream, {**records[0], "format": FORMAT, "migrated_from": storage.uri(legacy)})
+        for artist_id in sorted(outcomes):
+            _write_record(stream, outcomes[artist_id])
+        _write_record(stream, {"record": "end", "outcomes": len(outcomes),
+                               "finished_at": records[-1].get("finished_at", utc_now_iso())})
+    storage.delete(legacy)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ writing
+def _write_record(stream: IO[str], record: dict) -> None:
+    stream.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+    stream.write("\n")
+
+
 @dataclass
-class RawPartitionSummary:
+class _Sample:
+    count: int = 0
+    first: list = field(default_factory=list)
+
+    def add(self, entry) -> None:
+        self.count += 1
+        if len(self.first) < SAMPLE_SIZE:
+            self.first.append(entry)
+
+
+@dataclass
+class MarketProfile:
+    """Everything the raw checks and the metadata need, gathered while the merge is written (no second read).
+
+    Whole-partition numbers cover every outcome of the merged partition; quality numbers (fields, list
+    length, duplicates, statuses) cover the outcomes fetched in this run: the kept ones passed when fetched.
+    """
+
     market: str
+    planned: int = 0  # artists this run set out to fetch
     outcomes: int = 0
     with_tracks: int = 0
     not_found: int = 0
     tracks: int = 0
     popularity_sum: int = 0
-    started_at: str = ""
-    finished_at: str = ""
-    top_preview: list[dict] = field(default_factory=list)  # the most popular tracks seen, for the UI
-
-    def add(self, outcome: TopTracksOutcome) -> None:
-        self.outcomes += 1
-        if outcome.status == 404:
-            self.not_found += 1
-            return
-        tracks = outcome.tracks or []
-        self.with_tracks += 1 if tracks else 0
-        self.tracks += len(tracks)
-        for track in tracks:
-            popularity = track.get("popularity") if isinstance(track.get("popularity"), int) else 0
-            self.popularity_sum += popularity
-            self.top_preview.append(
-                {"artist_id": outcome.artist_id, "track": str(track.get("name", "")), "popularity": popularity}
-            )
-        if len(self.top_preview) > 50:  # keep memory flat: only the best few survive
-            self.top_preview = sorted(self.top_preview, key=lambda t: -t["popularity"])[:10]
+    fetched: int = 0
+    fetched_new: int = 0  # fetched artists the previous partition did not have
+    kept: int = 0
+    removed_artists: int = 0  # in the previous partition, gone from the artist list
+    pending_new: list[str] = field(default_factory=list)  # new artists this (partial) run did not fetch
+    previous_tracks: int = 0
+    tracks_dropped: int = 0  # tracks of the previous partition that the merged one no longer has
+    fetched_not_found: int = 0
+    unexpected_status: _Sample = field(default_factory=_Sample)
+    over_limit: _Sample = field(default_factory=_Sample)
+    longest_list: int = 0
+    duplicate_lists: _Sample = field(default_factory=_Sample)
+    duplicate_entries: int = 0
+    tracks_checked: int = 0
+    invalid_tracks: _Sample = field(default_factory=_Sample)
+    problems_by_field: dict = field(default_factory=dict)
+    requested_at: list[str] = field(default_factory=list)
+    top_preview: list[dict] = field(default_factory=list)
 
     @property
     def mean_popularity(self) -> float:
         return round(self.popularity_sum / self.tracks, 2) if self.tracks else 0.0
 
+    def ages_days(self, now_iso: str) -> dict[str, float]:
+        """Oldest, median and 95th-percentile age (days) of the stored lists."""
+        if not self.requested_at:
+            return {"oldest": 0.0, "median": 0.0, "p95": 0.0}
+        now = parse_iso(now_iso)
+        ages = sorted(((now - parse_iso(t)).total_seconds() / 86400 for t in self.requested_at if t), reverse=True)
+        if not ages:
+            return {"oldest": 0.0, "median": 0.0, "p95": 0.0}
+        return {"oldest": round(ages[0], 3), "median": round(ages[len(ages) // 2], 3),
+                "p95": round(ages[int(len(ages) * 0.05)], 3)}
 
-def write_raw_partition(
-    storage: RawStorage, market: str, api_base_url: str, artist_count: int, outcomes: Iterable[TopTracksOutcome]
-) -> RawPartitionSummary:
-    summary = RawPartitionSummary(market=market, started_at=utc_now_iso())
-    with storage.open_for_write(raw_top_tracks_key(market)) as stream:
-        _write_line(stream, {"record": "request", "market": market, "api_base_url": api_base_url,
-                             "started_at": summary.started_at, "artists": artist_count})
-        for outcome in outcomes:
-            _write_line(stream, {"record": "outcome", **outcome.to_json()})
-            summary.add(outcome)
-        summary.finished_at = utc_now_iso()
-        _write_line(stream, {"record": "end", "outcomes": summary.outcomes, "finished_at": summary.finished_at})
-    summary.top_preview = sorted(summary.top_preview, key=lambda t: -t["popularity"])[:10]
-    return summary
+    def _count(self, outcome: TopTracksOutcome) -> None:
+        self.outcomes += 1
+        self.requested_at.append(outcome.requested_at)
+        if outcome.status == 404:
+            self.not_found += 1
+            return
+        tracks = _tracks(outcome)
+        self.with_tracks += 1 if tracks else 0
+        self.tracks += len(tracks)
+        for track in tracks:
+            popularity = track.get("popularity") if isinstance(track, dict) else None
+            popularity = popularity if isinstance(popularity, int) and not isinstance(popularity, bool) else 0
+            self.popularity_sum += popularity
+            self.top_preview.append({"artist_id": outcome.artist_id,
+                                     "track": str(track.get("name", "")) if isinstance(track, dict) else "",
+                                     "popularity": popularity})
+        if len(self.top_preview) > 50:  # keep memory flat: only the best few survive
+            self.top_preview = sorted(self.top_preview, key=lambda t: -t["popularity"])[:10]
+
+    def _inspect_fetched(self, outcome: TopTracksOutcome) -> None:
+        from toptracks_dagster.spotify.track_fields import track_problems
+
+        self.fetched += 1
+        if outcome.status == 404:
+            self.fetched_not_found += 1
+        elif outcome.status != 200 or not isinstance(outcome.tracks, list):
+            self.unexpected_status.add({"artist_id": outcome.artist_id, "status": outcome.status})
+        tracks = _tracks(outcome)
+        self.longest_list = max(self.longest_list, len(tracks))
+        if len(tracks) > MAX_TRACKS:
+            self.over_limit.add({"artist_id": outcome.artist_id, "tracks": len(tracks)})
+        ranks: dict[str, list[int]] = {}
+        for rank, track in enumerate(tracks, start=1):
+            self.tracks_checked += 1
+            problems = track_problems(track)
+            if problems:
+                for name, _ in problems:
+                    self.problems_by_field[name] = self.problems_by_field.get(name, 0) + 1
+                track_id = track.get("id") if isinstance(track, dict) else None
+                self.invalid_tracks.add({"artist_id": outcome.artist_id, "rank": rank, "track_id": str(track_id)[:40],
+                                         "problems": [f"{name}: {problem}" for name, problem in problems]})
+            track_id = track.get("id") if isinstance(track, dict) else None
+            if isinstance(track_id, str) and track_id:
+                ranks.setdefault(track_id, []).append(rank)
+        repeated = {track_id: r for track_id, r in ranks.items() if len(r) > 1}
+        if repeated:
+            self.duplicate_entries += sum(len(r) - 1 for r in repeated.values())
+            for track_id, r in repeated.items():
+                self.duplicate_lists.add({"artist_id": outcome.artist_id, "track_id": track_id, "ranks": r})
+
+    def finish(self) -> None:
+        self.top_preview = sorted(self.top_preview, key=lambda t: -t["popularity"])[:10]
 
 
-def _write_line(stream, record: dict) -> None:
-    stream.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
-    stream.write("\n")
+def _tracks(outcome: TopTracksOutcome) -> list:
+    return outcome.tracks if outcome.status == 200 and isinstance(outcome.tracks, list) else []
 
 
-class RawPartition:
-    """A complete raw partition: `request` and `end` records read up front, outcomes streamed on demand."""
+def _track_ids(outcome: TopTracksOutcome | None) -> set[str]:
+    if outcome is None:
+        return set()
+    return {t.get("id") for t in _tracks(outcome) if isinstance(t, dict) and isinstance(t.get("id"), str)}
 
-    def __init__(self, storage: RawStorage, market: str):
-        self.storage = storage
+
+class PartitionMerge:
+    """Merges one market's freshly fetched outcomes into its previous partition, streaming, into `stream`.
+
+    `artist_ids`: the artist list, sorted. `previous`: the previous partition's outcomes, sorted (empty for a
+    first fetch). `push` takes fetched outcomes in artist-id order; every artist of the list between two pushes
+    keeps its previous outcome, and previous outcomes of artists no longer in the list are dropped.
+    """
+
+    def __init__(self, stream: IO[str], market: str, artist_ids: list[str], previous: Iterable[TopTracksOutcome],
+                 request: dict, planned: int):
+        self._stream = stream
         self.market = market
-        self.key = raw_top_tracks_key(market)
-        self.request, self.end = self._verify()
+        self._ids = artist_ids
+        self._next_id = 0
+        self._previous = iter(previous)
+        self._held: TopTracksOutcome | None = next(self._previous, None)
+        self.profile = MarketProfile(market=market, planned=planned)
+        _write_record(stream, {"record": "request", "format": FORMAT, "market": market, **request,
+                               "started_at": utc_now_iso()})
 
-    def _verify(self) -> tuple[dict, dict]:
-        # One cheap pass (no JSON parsing but the first and last line) so that a truncated object is refused
-        # before anything is written downstream.
-        first = last = None
-        lines = 0
-        try:
-            with self.storage.open_for_read(self.key) as stream:
-                for line in stream:
-                    if first is None:
-                        first = line
-                    last = line
-                    lines += 1
-        except RawObjectMissing:
-            raise RawObjectMissing(
-                f"raw top tracks for market {self.market} not found at {self.storage.uri(self.key)}: "
-                "materialize `raw_top_tracks` for this partition first"
-            ) from None
-        try:
-            request = json.loads(first) if first else {}
-            end = json.loads(last) if last else {}
-        except ValueError:
-            request, end = {}, {}
-        if request.get("record") != "request" or end.get("record") != "end" or end.get("outcomes") != lines - 2:
-            raise RawPartitionIncomplete(
-                f"raw top tracks for market {self.market} at {self.storage.uri(self.key)} are incomplete "
-                f"({lines} lines, end record {end.get('record') == 'end'}): re-materialize `raw_top_tracks`"
-            )
-        return request, end
+    def _previous_for(self, artist_id: str) -> TopTracksOutcome | None:
+        """The previous outcome of `artist_id` (if any); previous outcomes of artists before it are dropped."""
+        while self._held is not None and self._held.artist_id < artist_id:
+            self._drop(self._held)
+            self._held = next(self._previous, None)
+        if self._held is not None and self._held.artist_id == artist_id:
+            found, self._held = self._held, next(self._previous, None)
+            self.profile.previous_tracks += len(_tracks(found))
+            return found
+        return None
 
-    def outcomes(self) -> Iterator[TopTracksOutcome]:
-        with self.storage.open_for_read(self.key) as stream:
-            for line in stream:
-                record = json.loads(line)
-                if record.pop("record") == "outcome":
-                    yield TopTracksOutcome(**record)
+    def _drop(self, outcome: TopTracksOutcome) -> None:
+        self.profile.removed_artists += 1
+        self.profile.previous_tracks += len(_tracks(outcome))
+        self.profile.tracks_dropped += len(_tracks(outcome))
+
+    def _keep_until(self, artist_id: str | None) -> None:
+        while self._next_id < len(self._ids) and (artist_id is None or self._ids[self._next_id] < artist_id):
+            kept_id = self._ids[self._next_id]
+            self._next_id += 1
+            previous = self._previous_for(kept_id)
+            if previous is None:
+                self.profile.pending_new.append(kept_id)
+                continue
+            self.profile.kept += 1
+            self.profile._count(previous)
+            _write_record(self._stream, {"record": "outcome", **previous.to_json()})
+
+    def push(self, outcome: TopTracksOutcome) -> None:
+        if outcome.market != self.market:
+            raise ValueError(f"outcome of artist {outcome.artist_id} is for {outcome.market}, not {self.market}")
+        self._keep_until(outcome.artist_id)
+        if self._next_id >= len(self._ids) or self._ids[self._next_id] != outcome.artist_id:
+            raise ValueError(f"artist {outcome.artist_id} is not next in the artist list (fetch order broken)")
+        self._next_id += 1
+        previous = self._previous_for(outcome.artist_id)
+        if previous is None:
+            self.profile.fetched_new += 1
+        self.profile.tracks_dropped += len(_track_ids(previous) - _track_ids(outcome))
+        self.profile._inspect_fetched(outcome)
+        self.profile._count(outcome)
+        _write_record(self._stream, {"record": "outcome", **outcome.to_json()})
+
+    def finish(self) -> MarketProfile:
+        self._keep_until(None)
+        while self._held is not None:  # previous outcomes after the last listed artist
+            self._drop(self._held)
+            self._held = next(self._previous, None)
+        _write_record(self._stream, {"record": "end", "outcomes": self.profile.outcomes, "finished_at": utc_now_iso()})
+        self.profile.finish()
+        return self.profile

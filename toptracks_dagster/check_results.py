@@ -1,0 +1,96 @@
+"""Asset checks evaluated inside the asset's own step (`check_specs`), one result per partition.
+
+An asset computes a `CheckOutcome` per (check, partition) from data it already holds, and `emit_check_results`
+turns them into what Dagster records: an `AssetCheckResult` when the run covers one partition, one
+`AssetCheckEvaluation` per partition for a single-run backfill (an AssetCheckResult cannot name its
+partition), and the check outputs that let the step finish. A failed blocking ERROR check fails the step after
+the materialization is recorded, so downstream assets do not run.
+"""
+
+# No `from __future__ import annotations`: Dagster inspects annotations of decorated functions.
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    Output,
+)
+
+CANNOT_EVALUATE = "cannot be evaluated: "  # the one spelling of a check that could not read its data
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def cannot_evaluate(cls, name: str, error: str, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
+                        metadata: dict | None = None) -> "CheckOutcome":
+        return cls(name, False, severity, CANNOT_EVALUATE + error, {**(metadata or {}), "error": error})
+
+
+def check_spec(asset: str, name: str, description: str, partitions_def=None, blocking: bool = False) -> AssetCheckSpec:
+    return AssetCheckSpec(name=name, asset=asset, description=description, blocking=blocking,
+                          partitions_def=partitions_def)
+
+
+def emit_check_results(
+    context: AssetExecutionContext, outcomes: dict[str | None, list[CheckOutcome]]
+) -> Iterator[AssetCheckResult | AssetCheckEvaluation | Output]:
+    """Yield every outcome (keyed by partition; None for an unpartitioned asset), then the check outputs.
+
+    Call after the asset's MaterializeResult has been yielded, so results attach to this materialization.
+    """
+    specs = {spec.name: spec for spec in context.assets_def.check_specs}
+    single = len(outcomes) == 1 and (next(iter(outcomes)) is None or context.has_partition_key)
+    for partition, results in outcomes.items():
+        for outcome in results:
+            spec = specs[outcome.name]
+            if single:
+                yield AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, passed=outcome.passed,
+                                       severity=outcome.severity, description=outcome.description,
+                                       metadata=outcome.metadata)
+                continue
+            yield AssetCheckEvaluation(
+                asset_key=spec.asset_key, check_name=spec.name, passed=outcome.passed,
+                severity=outcome.severity, description=outcome.description, metadata=outcome.metadata,
+                blocking=spec.blocking, partition=partition,
+                target_materialization_data=target_materialization(context, spec.asset_key, partition),
+            )
+    if not single:
+        for output_name in context.assets_def.check_specs_by_output_name:
+            yield Output(None, output_name=output_name)
+
+
+def target_materialization(context: AssetExecutionContext, asset_key: AssetKey, partition: str | None):
+    """What an AssetCheckResult records on its own: the materialization a result is about, so the UI can tell a
+    current result from a stale one. Dagster 1.13 has no public constructor for it: this is the one place that
+    imports it (tests/test_definitions.py fails loudly if an upgrade moves it)."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=records[0].run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
+    )
+
+
+def failed_blocking(outcomes: list[CheckOutcome], specs: list[AssetCheckSpec]) -> list[CheckOutcome]:
+    blocking = {spec.name for spec in specs if spec.blocking}
+    return [o for o in outcomes if o.name in blocking and not o.passed and o.severity == AssetCheckSeverity.ERROR]

@@ -1,0 +1,120 @@
+"""One market's load: make the table equal the raw partition, touching only the artists whose list changed.
+
+Cost per market (DynamoDB requests), with the ledger of the previous load:
+  unchanged artist                0 reads, 0 writes
+  changed artist                  1 consistent Query + its changed items (BatchWriteItem, 25 per request)
+  removed artist                  1 consistent Query + deletes of its items
+  a market never loaded           0 reads (known empty), writes of every item
+Without a usable ledger (first load into a table that already holds the market, or another table), every
+artist is read (one Query each) and the market's GSI is swept once for artists that left.
+
+Before the first write the load verifies the whole raw partition, refuses a mass deletion without consent,
+and journals the artists it may touch; see ledger.py for how that makes a crash cheap to recover from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from toptracks_dagster.dynamodb.ledger import (
+    ALL_ARTISTS,
+    clear_journal,
+    read_journal,
+    read_ledger,
+    table_identity,
+    write_journal,
+    write_ledger,
+)
+from toptracks_dagster.dynamodb.table import GSI_NAME, LoadStats, MarketLoader, outcome_digest
+from toptracks_dagster.raw_storage.resources import RawStorage
+
+
+class MassDeletionRefused(RuntimeError):
+    """The load would delete more than the allowed share of a market's items; nothing was written."""
+
+
+@dataclass
+class MarketLoadResult:
+    market: str
+    stats: LoadStats
+    changed_artists: set[str] = field(default_factory=set)  # written, re-read or emptied by this load
+    removed_artists: set[str] = field(default_factory=set)  # artists whose items this load deleted entirely
+    table_state: str = ""  # how the load knew what the table held: ledger / ledger+journal / empty / read
+
+
+def load_market(client, table_name: str, endpoint: str, raw, storage: RawStorage, *, created_now: bool,
+                concurrency: int, max_batch_retries: int, max_delete_share: float, delete_allowed: bool,
+                log: Callable[[str], None]) -> MarketLoadResult:
+    """`raw`: a verified RawPartition of the market. Raises MassDeletionRefused before writing anything."""
+    market = raw.market
+    identity = table_identity(client, table_name, endpoint)
+    ledger = None if created_now else read_ledger(storage, market, identity)
+    journal = None if created_now else read_journal(storage, market, identity)
+    untrusted: set[str] = set()
+    if created_now:
+        previous, state = {}, "empty (table created by this run)"
+    elif journal is not None and ALL_ARTISTS in journal:
+        previous, state = None, "read (a previous load was interrupted before it knew the table)"
+    elif ledger is not None:
+        previous, untrusted = ledger.digests(), journal or set()
+        state = "ledger" + (f" + journal of {len(untrusted)} artist(s) from an interrupted load" if untrusted else "")
+    elif journal is not None:
+        previous, untrusted, state = {}, journal, f"empty but for an interrupted load's {len(journal)} artist(s)"
+    elif not _market_has_items(client, table_name, market):
+        previous, state = {}, "empty (no item of this market in the table)"
+    else:
+        previous, state = None, "read (no ledger for this table)"
+
+    digests: dict[str, tuple[str, int]] = {}
+    for outcome in raw.outcomes():
+        digest = outcome_digest(outcome, market)
+        if digest is not None:
+            digests[outcome.artist_id] = digest
+    listed = set(raw.requested_at)
+    if previous is None:
+        changed, removed = set(digests), set()
+    else:
+        changed = {a for a, (d, _) in digests.items() if a in untrusted or previous.get(a) != d}
+        removed = (set(previous) | untrusted) - listed
+
+    if previous is not None and ledger is not None:
+        before = ledger.total_items()
+        deleting = sum(ledger.count(a) for a in removed) + sum(
+            max(0, ledger.count(a) - digests[a][1]) for a in changed if a in digests)
+        if before and deleting > max_delete_share * before and not delete_allowed:
+            from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG
+
+            raise MassDeletionRefused(
+                f"the load of {market} would delete {deleting} of {before} items ({100 * deleting / before:.0f} %, "
+                f"above TOPTRACKS_MAX_DELETE_SHARE={100 * max_delete_share:.0f} %): {len(removed)} artist(s) left "
+                f"the raw partition and {len(changed)} changed. Nothing was written. If this is intended, re-run "
+                f"with the run tag {ALLOW_MASS_DELETE_TAG}=true"
+            )
+
+    result = MarketLoadResult(market, LoadStats(), changed, removed, state)
+    if previous is not None and not changed and not removed:
+        result.stats.add(artists=len(listed), items_unchanged=sum(n for _, n in digests.values()),
+                         artists_skipped_unchanged=len(digests))
+        return result  # nothing to write: no journal, no ledger rewrite
+
+    write_journal(storage, market, identity, {ALL_ARTISTS} if previous is None else changed | removed | untrusted)
+    loader = MarketLoader(client, table_name, market, concurrency=concurrency, max_batch_retries=max_batch_retries,
+                          log=log, previous_ledger=previous, untrusted=untrusted, known_digests=digests)
+    result.stats = loader.load(raw.outcomes())
+    kept = {a: v for a, v in digests.items()}
+    for artist_id, digest in loader.ledger.items():  # error outcomes keep the digest of their previous list
+        if artist_id not in kept and ledger is not None and artist_id in ledger.artists:
+            kept[artist_id] = tuple(ledger.artists[artist_id])
+    write_ledger(storage, market, identity, kept)
+    clear_journal(storage, market)
+    return result
+
+
+def _market_has_items(client, table_name: str, market: str) -> bool:
+    """One GSI page of at most one key: does any item of this market exist? Used only when no ledger or journal
+    of this table exists, i.e. no load of this pipeline has touched the market in this table."""
+    page = client.query(TableName=table_name, IndexName=GSI_NAME, KeyConditionExpression="#c = :m",
+                        ExpressionAttributeNames={"#c": "country"}, ExpressionAttributeValues={":m": {"S": market}},
+                        Limit=1, Select="COUNT")
+    return page.get("Count", 0) > 0 or "LastEvaluatedKey" in page

@@ -1,0 +1,85 @@
+"""What a run of `raw_top_tracks` fetches: the refresh modes and the plan per market.
+
+Cost per market of one run (Spotify requests; artists removed from the list never cost a request):
+  full      every listed artist                                   = artists
+  changed   artists the market's partition does not have yet      = new artists
+  stalest   new artists first, then the oldest stored lists       = limit
+  artists   the given ids (each must be in the artist list)       = len(artist_ids)
+Every mode drops the outcomes of artists that left the artist list, and keeps the other artists' outcomes.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Literal
+
+from dagster import Config
+from pydantic import Field
+
+from toptracks_dagster.common import is_valid_spotify_id
+
+RefreshMode = Literal["full", "changed", "stalest", "artists"]
+
+
+class RefreshConfig(Config):
+    """Run config of `raw_top_tracks` (the launchpad shows it; the defaults are a full refresh)."""
+
+    mode: RefreshMode = Field(default="full", description="full | changed | stalest | artists (see the asset description)")
+    limit: int = Field(default=0, ge=0, description="stalest: (artist, market) pairs to refresh per market")
+    artist_ids: list[str] = Field(default_factory=list, description="artists: the ids to refresh")
+    reason: str = Field(default="", description="Why this refresh ran; recorded in the metadata")
+
+
+class RefreshPlanError(ValueError):
+    """The run config asks for something that cannot be planned; the message says what."""
+
+
+@dataclass
+class MarketPlan:
+    market: str
+    fetch: list[str]  # sorted
+    new: int  # listed artists the partition has no list for
+    removed: int  # artists of the partition no longer listed (dropped without a request)
+
+    def describe(self, mode: str) -> str:
+        return f"{mode}: {len(self.fetch)} to fetch ({self.new} new), {self.removed} removed"
+
+
+def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: dict[str, str] | None) -> MarketPlan:
+    """`listed`: the artist list, sorted. `stored`: the partition's artist -> requested_at (None: no partition)."""
+    stored = stored or {}
+    listed_set = set(listed)
+    new = [a for a in listed if a not in stored]
+    removed = sum(1 for a in stored if a not in listed_set)
+    if config.mode == "full":
+        fetch = listed
+    elif config.mode == "changed":
+        fetch = new
+    elif config.mode == "stalest":
+        if config.limit <= 0:
+            raise RefreshPlanError("mode 'stalest' needs a limit above 0")
+        chosen = new[: config.limit]
+        room = config.limit - len(chosen)
+        if room > 0:
+            chosen += [a for _, a in heapq.nsmallest(room, ((stored[a], a) for a in listed if a in stored))]
+        fetch = sorted(chosen)
+    elif config.mode == "artists":
+        bad = [a for a in config.artist_ids if not is_valid_spotify_id(a)]
+        if bad:
+            raise RefreshPlanError(f"not Spotify artist ids: {', '.join(repr(a)[:30] for a in bad[:5])}")
+        unlisted = [a for a in config.artist_ids if a not in listed_set]
+        if unlisted:
+            raise RefreshPlanError(
+                f"{len(unlisted)} artist id(s) are not in the artist list, e.g. {', '.join(unlisted[:5])}: "
+                "add them to the artists table and materialize `artist_ids` first"
+            )
+        fetch = sorted(set(config.artist_ids))
+    else:  # pydantic refuses other values; kept for type checkers
+        raise RefreshPlanError(f"unknown mode {config.mode!r}")
+    return MarketPlan(market=market, fetch=fetch, new=len(new), removed=removed)
+
+
+def fetch_order(plans: list[MarketPlan]) -> list[tuple[str, str]]:
+    """(artist, market) pairs in artist-id order, so that every market's merge streams in order."""
+    return sorted((artist_id, plan.market) for plan in plans for artist_id in plan.fetch)
