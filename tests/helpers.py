@@ -51,3 +51,34 @@ def metadata_of(result, asset_key: str) -> dict:
         if data.asset_key.to_user_string() == asset_key:
             return {k: v.value for k, v in data.metadata.items()}
     raise AssertionError(f"no materialization of {asset_key}")
+
+
+def run_all_markets(instance=None, mode: str = "full", raise_on_error: bool = True, tags: dict | None = None,
+                    **refresh):
+    """One run over every market (a single-run partition range), as `toptracks run` and the sensor launch it."""
+    from toptracks_dagster.jobs import all_markets_tags
+
+    run_config = {"ops": {"raw_top_tracks": {"config": {"mode": mode, **refresh}}}}
+    return materialize(ALL_ASSETS, resources=build_resources("prod"), instance=instance, run_config=run_config,
+                       tags={**all_markets_tags(), **(tags or {})}, raise_on_error=raise_on_error)
+
+
+def run_request(request, instance=None, raise_on_error: bool = True):
+    """Execute a sensor's or schedule's RunRequest the way the daemon would: its run config and tags."""
+    return materialize(ALL_ASSETS, resources=build_resources("prod"), instance=instance,
+                       run_config=request.run_config, tags=request.tags, raise_on_error=raise_on_error)
+
+
+def partition_metadata(result, asset_key: str) -> dict[str, dict]:
+    """partition -> metadata of each materialization of `asset_key` in the run."""
+    found = {}
+    for event in result.get_asset_materialization_events():
+        data = event.event_specific_data.materialization
+        if data.asset_key.to_user_string() == asset_key:
+            found[data.partition] = {k: v.value for k, v in data.metadata.items()}
+    return found
+
+
+def check_results(result) -> dict[tuple[str, str | None], object]:
+    """(check name, partition) -> AssetCheckEvaluation of the run."""
+    return {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}

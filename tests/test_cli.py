@@ -26,8 +26,8 @@ def test_toptracks_run_on_the_embedded_default_prints_per_country_counts(tmp_pat
     catalog = Catalog(seed=0)
     for country in ("US", "CA"):
         line = next(l for l in completed.stdout.splitlines() if l.startswith(f"{country} "))
-        artists, not_found, tracks, written, unchanged, deleted = map(int, re.split(r"\s+", line)[1:7])
-        assert artists == DEMO_ARTISTS
+        artists, fetched, not_found, tracks, written, unchanged, deleted = map(int, re.split(r"\s+", line)[1:8])
+        assert artists == fetched == DEMO_ARTISTS
         assert not_found == sum(catalog.is_missing(a) for a in ids)
         assert tracks == written == len(expected_keys(catalog, ids, [country]))
         assert (unchanged, deleted) == (0, 0)

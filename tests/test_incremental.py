@@ -1,0 +1,158 @@
+"""Cost follows the change: requests, reads and writes grow with what changed, and the table stays exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dagster import instance_for_test
+
+from tests.helpers import (
+    check_results,
+    expected_keys,
+    partition_metadata,
+    run_all_markets,
+    run_request,
+    scan_table,
+)
+from tests.test_orchestration import tick
+
+
+def _requests(emulator) -> int:
+    return emulator.stats.as_dict()["requests"]
+
+
+def _exact(ddb, prod_env, emulator, ids):
+    assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(expected_keys(emulator.catalog, ids, ["US", "CA"]))
+
+
+def test_first_load_reads_nothing_and_one_run_covers_every_market(prod_env, artists_table, emulator, ddb,
+                                                                  some_artist_ids):
+    artists_table.set_ids(some_artist_ids)
+    with instance_for_test() as instance:
+        result = run_all_markets(instance)
+    table = partition_metadata(result, "top_tracks")
+    assert set(table) == {"US", "CA"}
+    for market in ("US", "CA"):
+        assert table[market]["read_requests"] == 0, table[market]  # a market never loaded is known empty
+        assert table[market]["items_written"] > 0
+    assert _requests(emulator) == 2 * len(some_artist_ids)
+    _exact(ddb, prod_env, emulator, some_artist_ids)
+
+
+def test_added_artists_cost_k_times_markets_and_removed_artists_cost_no_request(prod_env, artists_table, emulator,
+                                                                                  ddb, some_artist_ids):
+    base, added = some_artist_ids[:20], some_artist_ids[20:23]
+    artists_table.set_ids(base)
+    with instance_for_test() as instance:
+        first = tick(None, artists_table)
+        run_request(first.run_requests[0], instance)
+        _exact(ddb, prod_env, emulator, base)
+
+        artists_table.add(*added)
+        before = _requests(emulator)
+        second = tick(first.cursor, artists_table)
+        assert len(second.run_requests) == 1  # one run for every market
+        result = run_request(second.run_requests[0], instance)
+        assert _requests(emulator) - before == len(added) * 2
+        _exact(ddb, prod_env, emulator, base + added)
+        raw = partition_metadata(result, "raw_top_tracks")
+        assert {m: raw[m]["artists_fetched"] for m in raw} == {"US": 3, "CA": 3}
+        table = partition_metadata(result, "top_tracks")
+        # Only the new artists were read back (they had no items: not even a read to write them) + the sample.
+        assert all(table[m]["read_requests"] == 0 for m in table), table
+
+        artists_table.remove(*base[:5])
+        before = _requests(emulator)
+        third = tick(second.cursor, artists_table)
+        result = run_request(third.run_requests[0], instance)
+        assert _requests(emulator) == before  # removed artists: zero Spotify requests
+        _exact(ddb, prod_env, emulator, base[5:] + added)
+        assert {m: v["artists_removed"] for m, v in partition_metadata(result, "top_tracks").items()} == {"US": 5, "CA": 5}
+
+
+def test_unchanged_refresh_writes_nothing_and_its_checks_read_only_the_sample(prod_env, artists_table, emulator,
+                                                                            ddb, some_artist_ids, monkeypatch):
+    monkeypatch.setenv("TOPTRACKS_CHECK_SAMPLE_SIZE", "4")
+    artists_table.set_ids(some_artist_ids)
+    with instance_for_test() as instance:
+        run_all_markets(instance)
+        before = scan_table(ddb, prod_env["TOPTRACKS_TABLE"])
+        result = run_all_markets(instance)
+    assert scan_table(ddb, prod_env["TOPTRACKS_TABLE"]) == before
+    table = partition_metadata(result, "top_tracks")
+    for market in ("US", "CA"):
+        assert table[market]["write_requests"] == 0 and table[market]["read_requests"] == 0
+        assert table[market]["items_unchanged"] == sum(1 for _, k in before if k.startswith(f"{market}#"))
+    checks = check_results(result)
+    for market in ("US", "CA"):
+        match = checks[("top_tracks_match_raw", market)]
+        assert match.passed
+        assert match.metadata["verified_artists"].value == 4  # the sample, not the 30 artists
+
+
+def test_stalest_mode_refreshes_new_artists_first_then_the_oldest_lists(prod_env, artists_table, emulator, ddb,
+                                                                      some_artist_ids):
+    ids = some_artist_ids[:10]
+    artists_table.set_ids(ids[:8])
+    with instance_for_test() as instance:
+        run_all_markets(instance)
+        raw_file = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
+        stamps = {r["artist_id"]: r["requested_at"] for r in map(json.loads, raw_file.read_text().splitlines())
+                  if r["record"] == "outcome"}
+        oldest = min(stamps, key=lambda a: (stamps[a], a))
+        artists_table.add(*ids[8:])
+        before = _requests(emulator)
+        result = run_all_markets(instance, mode="stalest", limit=3)
+        assert _requests(emulator) - before == 3 * 2
+        raw = partition_metadata(result, "raw_top_tracks")
+        assert raw["US"]["artists_new"] == 2 and raw["US"]["artists_fetched"] == 3
+        refreshed = {r["artist_id"]: r["requested_at"] for r in map(json.loads, raw_file.read_text().splitlines())
+                     if r["record"] == "outcome"}
+        assert refreshed[oldest] > stamps[oldest]  # the oldest stored list was the third pair refreshed
+        assert sum(1 for a in ids[:8] if refreshed[a] != stamps[a]) == 1
+    _exact(ddb, prod_env, emulator, ids)
+
+
+def test_artists_mode_refreshes_only_the_given_artists(prod_env, artists_table, emulator, ddb, some_artist_ids):
+    artists_table.set_ids(some_artist_ids[:10])
+    with instance_for_test() as instance:
+        run_all_markets(instance)
+        before = _requests(emulator)
+        result = run_all_markets(instance, mode="artists", artist_ids=some_artist_ids[2:4], reason="a test")
+        assert _requests(emulator) - before == 4
+        raw = partition_metadata(result, "raw_top_tracks")
+        assert raw["US"]["refresh_reason"] == "a test" and raw["US"]["artists_kept"] == 8
+        refused = run_all_markets(instance, mode="artists", artist_ids=[some_artist_ids[20]], raise_on_error=False)
+        assert not refused.success
+    _exact(ddb, prod_env, emulator, some_artist_ids[:10])
+
+
+def test_sensor_never_launches_twice_and_relaunches_a_failed_change(prod_env, artists_table, emulator, ddb,
+                                                                     some_artist_ids):
+    from dagster import DagsterRunStatus
+
+    artists_table.set_ids(some_artist_ids[:5])
+    with instance_for_test() as instance:
+        first = tick(None, artists_table)
+        run_request(first.run_requests[0], instance)
+        artists_table.add(some_artist_ids[5])
+        change = tick(first.cursor, artists_table)
+        again = tick(first.cursor, artists_table)  # the same tick evaluated twice asks for the same run key
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in change.run_requests]
+        # The run for the change fails (Spotify refuses everything): the change must not be lost.
+        emulator.settings.update({"forbid_all": True})
+        failed = run_request(change.run_requests[0], instance, raise_on_error=False)
+        assert not failed.success
+        from tests.test_orchestration import mysql_resource
+        from dagster import build_sensor_context
+        from toptracks_dagster.artists_db.sensors import artists_changed_sensor
+
+        context = build_sensor_context(cursor=change.cursor, instance=instance,
+                                       resources={"artists_db": mysql_resource(artists_table)})
+        retry = artists_changed_sensor(context)
+        assert len(retry.run_requests) == 1 and retry.run_requests[0].run_key != change.run_requests[0].run_key
+        emulator.settings.update({"forbid_all": False})
+        assert run_request(retry.run_requests[0], instance).success
+        assert instance.get_run_by_id(failed.run_id).status == DagsterRunStatus.FAILURE
+    _exact(ddb, prod_env, emulator, some_artist_ids[:6])
