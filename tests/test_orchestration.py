@@ -12,7 +12,7 @@ import pytest
 from dagster import DagsterInstance, SkipReason, build_schedule_context, build_sensor_context, instance_for_test
 
 from tests.conftest import unavailable
-from tests.helpers import expected_keys, run_partition, scan_table
+from tests.helpers import expected_keys, run_partition, run_request, scan_table
 from toptracks_dagster.artists_db.resources import MySQLArtistsDatabase
 from toptracks_dagster.artists_db.sensors import artists_changed_sensor
 from toptracks_dagster.schedules import daily_refresh
@@ -27,45 +27,53 @@ def mysql_resource(artists_table) -> MySQLArtistsDatabase:
 
 
 def tick(cursor, artists_table):
-    context = build_sensor_context(cursor=cursor, resources={"artists_db": mysql_resource(artists_table)})
+    context = build_sensor_context(cursor=cursor, instance=DagsterInstance.ephemeral(),
+                                   resources={"artists_db": mysql_resource(artists_table)})
     return artists_changed_sensor(context)
 
 
-def test_sensor_requests_every_market_on_change_and_nothing_otherwise(artists_table, some_artist_ids):
+def test_sensor_requests_one_run_for_every_market_on_change_and_nothing_otherwise(artists_table, some_artist_ids):
     artists_table.set_ids(some_artist_ids[:4])
     first = tick(None, artists_table)
-    assert sorted(r.partition_key for r in first.run_requests) == ["CA", "US"]
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == ("US", "CA")
+    assert request.run_config["ops"]["raw_top_tracks"]["config"]["mode"] == "changed"
     assert isinstance(tick(first.cursor, artists_table), SkipReason)
     artists_table.add(some_artist_ids[4])
     second = tick(first.cursor, artists_table)
-    assert sorted(r.partition_key for r in second.run_requests) == ["CA", "US"]
-    assert second.cursor != first.cursor
-    assert {r.run_key for r in second.run_requests}.isdisjoint({r.run_key for r in first.run_requests})
-    artists_table.remove(some_artist_ids[0])
-    assert tick(second.cursor, artists_table).run_requests
+    assert second.cursor != first.cursor and len(second.run_requests) == 1
+    assert second.run_requests[0].run_key != first.run_requests[0].run_key
+    artists_table.remove(some_artist_ids[4])  # back to the first id set: still a new change, a new run key
+    third = tick(second.cursor, artists_table)
+    assert third.run_requests and third.run_requests[0].run_key not in {first.run_requests[0].run_key,
+                                                                        second.run_requests[0].run_key}
 
 
 def test_sensor_driven_runs_add_new_and_drop_removed_artists(prod_env, artists_table, emulator, ddb, some_artist_ids):
-    artists_table.set_ids(some_artist_ids[:4])
     cursor = None
     with instance_for_test() as instance:
-        for ids in (some_artist_ids[:4], [*some_artist_ids[1:4], some_artist_ids[10]]):
+        for ids in (some_artist_ids[:8], [*some_artist_ids[1:8], some_artist_ids[10]]):
             artists_table.set_ids(ids)
             result = tick(cursor, artists_table)
             cursor = result.cursor
             for request in result.run_requests:
-                run_partition(request.partition_key, instance)
+                run_request(request, instance)
             assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(
                 expected_keys(emulator.catalog, ids, ["US", "CA"])
             )
 
 
-def test_daily_schedule_requests_every_market_and_is_off_by_default():
+def test_schedules_request_one_run_for_every_market_and_are_off_by_default():
+    from toptracks_dagster.schedules import weekly_audit
+
     context = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 27, 6, tzinfo=timezone.utc))
-    requests = list(daily_refresh(context))
-    assert sorted(r.partition_key for r in requests) == ["CA", "US"]
-    assert all(r.run_key.startswith("daily-2026-11-27-") for r in requests)
-    assert daily_refresh.default_status.value == "STOPPED"
+    request = daily_refresh(context)
+    assert request.run_key == "daily-2026-11-27"
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == ("US", "CA")
+    assert request.run_config["ops"]["raw_top_tracks"]["config"]["mode"] == "full"
+    assert weekly_audit(context).run_key == "audit-2026-11-27"
+    assert daily_refresh.default_status.value == "STOPPED" and weekly_audit.default_status.value == "STOPPED"
     assert artists_changed_sensor.default_status.value == "STOPPED"
 
 

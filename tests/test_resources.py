@@ -94,4 +94,4 @@ def test_secrets_never_reach_events_or_metadata(prod_env, artists_table, some_ar
     for secret in (client_secret, prod_env["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in text
         assert secret not in captured.out + captured.err
-    assert "STEP_SUCCESS" in text and "artists_requested" in text  # the search above saw the real event log
+    assert "STEP_SUCCESS" in text and "artists_fetched" in text  # the search above saw the real event log

@@ -313,7 +313,7 @@ def test_bad_credentials_fail_at_once_without_the_secret(emulator, client_secret
 def test_raw_asset_fails_fast_without_retry_on_403(emulator, client_secret, some_artist_ids, tmp_path):
     emulator.settings.forbid_all = True
     storage = LocalRawStorage(base_dir=str(tmp_path))
-    write_artist_ids_snapshot(storage, screen_artist_ids(some_artist_ids), "test", "now")
+    write_artist_ids_snapshot(storage, screen_artist_ids(some_artist_ids), "test", "now").publish()
     spotify = SpotifyResource(client_id=TEST_CLIENT_ID, client_secret=client_secret,
                               api_base_url=emulator.base_url, token_url=emulator.token_url)
     started = time.monotonic()
@@ -330,4 +330,4 @@ def test_raw_asset_fails_fast_without_retry_on_403(emulator, client_secret, some
     assert "Development Mode" in message and "February 2026" in message
     assert client_secret not in message
     assert served(emulator)["requests"] <= spotify.concurrency
-    assert not (tmp_path / "top_tracks/market=US/top_tracks.jsonl").exists()  # no partial raw object
+    assert not list(tmp_path.rglob("*.jsonl")) and not list(tmp_path.rglob("*.tmp"))  # no partial raw object
