@@ -176,3 +176,32 @@ def test_orphaned_temp_files_of_dead_writers_are_removed(tmp_path):
     with storage.open_for_write("raw_top_tracks/market=US/top_tracks.jsonl") as stream:
         stream.write("{}\n")
     assert not orphan.exists() and live.exists()
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_a_run_promptly_and_release_its_slots(prod_env, artists_table, emulator,
+                                                                     some_artist_ids, tmp_path, signal_number):
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    artists_table.set_ids(some_artist_ids)
+    home = local_instance_home(tmp_path)
+    emulator.settings.update({"latency_ms": 300.0})
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SPOTIFY_CONCURRENCY": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while emulator.stats.as_dict()["requests"] < 3:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal_number)
+    output, _ = process.communicate(timeout=60)  # promptly: well before the fetch would have finished
+    assert process.returncode != 0, output[-2000:]
+    assert emulator.stats.as_dict()["requests"] < len(some_artist_ids) * 2, "the fetch went on after the signal"
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        instance = DagsterInstance.from_config(str(home))
+        runs = instance.get_runs()
+        assert runs and runs[0].status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+        assert not instance.event_log_storage.get_concurrency_info("spotify_api").claimed_slots
+    finally:
+        del os.environ["DAGSTER_HOME"]

@@ -121,6 +121,14 @@ def free_slots_of_dead_runs(instance: DagsterInstance) -> list[str]:
     return messages
 
 
+def cancel_run(instance: DagsterInstance, run_id: str, reason: str) -> None:
+    """Record a run stopped from outside as canceled and free every pool slot it holds."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.status not in _TERMINAL:
+        instance.report_run_canceled(run, reason)
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
