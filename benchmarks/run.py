@@ -34,9 +34,18 @@ from dagster import DagsterInstance, asset, materialize
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from toptracks_dagster.dev.dynamodb_local import LOCAL_CREDENTIALS, LOCAL_REGION, dynamodb_local, local_client  # noqa: E402
-from toptracks_dagster.dev.spotify_emulator import Catalog, demo_artist_ids  # noqa: E402
-from toptracks_dagster.dynamodb.table import BATCH_SIZE, build_item, ensure_table, serialize_item  # noqa: E402
+from toptracks_dagster.dev.dynamodb_local import (  # noqa: E402
+    LOCAL_CREDENTIALS,
+    LOCAL_REGION,
+    dynamodb_local,
+    local_client,
+)
+from toptracks_dagster.dev.spotify_emulator import (  # noqa: E402
+    Catalog,
+    demo_artist_ids,
+)
+from toptracks_dagster.dynamodb.items import build_item, serialize_item  # noqa: E402
+from toptracks_dagster.dynamodb.table import BATCH_SIZE, ensure_table  # noqa: E402
 
 CLIENT_ID = "toptracks-benchmark"
 MYSQL = {"host": os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_MYSQL_PORT", "3306")),

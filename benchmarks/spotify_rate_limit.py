@@ -20,7 +20,12 @@ import secrets
 import sys
 import time
 
-from toptracks_dagster.dev.spotify_emulator import Catalog, EmulatorSettings, SpotifyEmulator, demo_artist_ids
+from toptracks_dagster.dev.spotify_emulator import (
+    Catalog,
+    EmulatorSettings,
+    SpotifyEmulator,
+    demo_artist_ids,
+)
 from toptracks_dagster.spotify.client import SpotifyClient
 
 MARKETS = ("US", "CA")

@@ -21,7 +21,12 @@ from toptracks_dagster.dev.dynamodb_local import (
     free_port,  # noqa: F401  (re-exported: tests import it from here)
     local_client,
 )
-from toptracks_dagster.dev.spotify_emulator import Catalog, EmulatorSettings, SpotifyEmulator, demo_artist_ids
+from toptracks_dagster.dev.spotify_emulator import (
+    Catalog,
+    EmulatorSettings,
+    SpotifyEmulator,
+    demo_artist_ids,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -6,8 +6,8 @@ from dagster import materialize
 
 from toptracks_dagster.artists_db.assets import artist_ids
 from toptracks_dagster.deployments import build_resources
-from toptracks_dagster.dynamodb.table import deserialize_item
 from toptracks_dagster.dynamodb.assets import top_tracks
+from toptracks_dagster.dynamodb.items import deserialize_item
 from toptracks_dagster.spotify.assets import raw_top_tracks
 
 ALL_ASSETS = [artist_ids, raw_top_tracks, top_tracks]

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from dagster import AssetCheckSeverity, instance_for_test, materialize
 from dagster._core.event_api import PartitionKeyFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,
+)
 
-from tests.helpers import ALL_ASSETS, check_results, run_all_markets, run_partition, scan_table
+from tests.helpers import (
+    ALL_ASSETS,
+    check_results,
+    run_all_markets,
+    run_partition,
+    scan_table,
+)
 from toptracks_dagster.artists_db.checks import ARTIST_IDS_CHECK_SPECS
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.checks import TABLE_CHECK_SPECS, top_tracks_audit

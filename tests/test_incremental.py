@@ -144,8 +144,9 @@ def test_sensor_never_launches_twice_and_relaunches_a_failed_change(prod_env, ar
         emulator.settings.update({"forbid_all": True})
         failed = run_request(change.run_requests[0], instance, raise_on_error=False)
         assert not failed.success
-        from tests.test_orchestration import mysql_resource
         from dagster import build_sensor_context
+
+        from tests.test_orchestration import mysql_resource
         from toptracks_dagster.artists_db.sensors import artists_changed_sensor
 
         context = build_sensor_context(cursor=change.cursor, instance=instance,

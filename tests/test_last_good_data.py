@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,12 @@ from pathlib import Path
 import pytest
 from dagster import instance_for_test, materialize
 
-from tests.helpers import ALL_ASSETS, check_results, partition_metadata, run_all_markets, run_partition, scan_table
+from tests.helpers import (
+    ALL_ASSETS,
+    partition_metadata,
+    run_partition,
+    scan_table,
+)
 from toptracks_dagster import config
 from toptracks_dagster.deployments import build_resources
 

@@ -9,7 +9,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, SkipReason, build_schedule_context, build_sensor_context, instance_for_test
+from dagster import (
+    DagsterInstance,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+)
 
 from tests.conftest import unavailable
 from tests.helpers import expected_keys, run_partition, run_request, scan_table

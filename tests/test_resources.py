@@ -9,7 +9,10 @@ from dagster import instance_for_test, materialize
 
 from tests.conftest import TEST_AWS_ENV, free_port
 from tests.helpers import run_partition
-from toptracks_dagster.artists_db.resources import ArtistsDatabaseError, MySQLArtistsDatabase
+from toptracks_dagster.artists_db.resources import (
+    ArtistsDatabaseError,
+    MySQLArtistsDatabase,
+)
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import DynamoDBUnavailable, ensure_table

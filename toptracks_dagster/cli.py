@@ -81,7 +81,11 @@ def _run(args) -> int:
         from dagster import DagsterInstance
 
         from toptracks_dagster.definitions import defs
-        from toptracks_dagster.run_summary import free_slots_of_dead_runs, print_summary, summarize
+        from toptracks_dagster.run_summary import (
+            free_slots_of_dead_runs,
+            print_summary,
+            summarize,
+        )
 
         configured = config.countries()
         chosen = config.parse_countries(args.countries) if args.countries else configured

@@ -11,7 +11,10 @@ from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
 from toptracks_dagster import config
-from toptracks_dagster.artists_db.resources import MySQLArtistsDatabase, SQLiteArtistsDatabase
+from toptracks_dagster.artists_db.resources import (
+    MySQLArtistsDatabase,
+    SQLiteArtistsDatabase,
+)
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.raw_storage.resources import LocalRawStorage, S3RawStorage
 from toptracks_dagster.spotify.resources import SpotifyResource

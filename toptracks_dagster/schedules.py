@@ -1,8 +1,17 @@
 """Schedules (off by default; one switch each in the UI)."""
 
-from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    schedule,
+)
 
-from toptracks_dagster.jobs import all_markets_tags, top_tracks_audit_job, top_tracks_job
+from toptracks_dagster.jobs import (
+    all_markets_tags,
+    top_tracks_audit_job,
+    top_tracks_job,
+)
 
 
 @schedule(

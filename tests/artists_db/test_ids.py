@@ -1,9 +1,9 @@
 """Screening of raw `artists.id` values: trimmed, de-duplicated, validated before any URL is built."""
 
+import pytest
+
 from toptracks_dagster.artists_db.ids import screen_artist_ids
 from toptracks_dagster.config import ConfigError, parse_countries
-
-import pytest
 
 GOOD = "0OdUWJ0sBjDrqHygGUXeCF"
 OTHER = "1vCWHaC5f2uS3yhpwWbIA6"

@@ -10,10 +10,12 @@ from collections import Counter
 import boto3
 from botocore.config import Config
 
-
 from tests.conftest import TEST_AWS_ENV
+from toptracks_dagster.dynamodb.items import dynamo_compatible
+from toptracks_dagster.dynamodb.loader import MarketLoader
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
-from toptracks_dagster.dynamodb.table import LoadStats, MarketLoader, PIPELINE_ATTRIBUTES, dynamo_compatible
+from toptracks_dagster.dynamodb.table import PIPELINE_ATTRIBUTES
+from toptracks_dagster.dynamodb.writer import LoadStats
 from toptracks_dagster.spotify.client import TopTracksOutcome
 
 T0 = "2026-03-01T00:00:00.000Z"

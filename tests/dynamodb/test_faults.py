@@ -10,11 +10,19 @@ import pytest
 
 from tests.dynamodb.fault_proxy import FaultPlan, FaultProxy
 from tests.dynamodb.support import (
-    T0, T1, assert_market_exact, client_without_sdk_retries, expected_items, load, outcomes, resource_client,
+    T0,
+    T1,
+    assert_market_exact,
+    client_without_sdk_retries,
+    expected_items,
+    load,
+    outcomes,
+    resource_client,
 )
 from tests.dynamodb.test_loader import revise
 from tests.helpers import scan_table
-from toptracks_dagster.dynamodb.table import BatchWriter, DynamoDBWriteIncomplete, LoadStats
+from toptracks_dagster.dynamodb.table import DynamoDBWriteIncomplete
+from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats
 
 
 @pytest.fixture

@@ -10,21 +10,29 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
-from tests.dynamodb.support import T0, T1, WireRecorder, assert_market_exact, load, outcomes
+from tests.dynamodb.support import (
+    T0,
+    T1,
+    WireRecorder,
+    assert_market_exact,
+    load,
+    outcomes,
+)
 from tests.helpers import scan_table
-from toptracks_dagster.dynamodb.table import (
-    GSI_NAME,
-    MAX_ITEM_BYTES,
-    BatchWriter,
-    ItemTooLarge,
-    LoadStats,
-    TableSchemaMismatch,
+from toptracks_dagster.dynamodb.items import (
     build_item,
     content_hash,
-    ensure_table,
     item_size,
     serialize_item,
 )
+from toptracks_dagster.dynamodb.table import (
+    GSI_NAME,
+    MAX_ITEM_BYTES,
+    ItemTooLarge,
+    TableSchemaMismatch,
+    ensure_table,
+)
+from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats
 from toptracks_dagster.spotify.client import TopTracksOutcome
 
 

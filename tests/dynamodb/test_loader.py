@@ -13,7 +13,14 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import TEST_AWS_ENV, dynamodb_client
 from tests.dynamodb.support import (
-    T0, T1, T2, WireRecorder, assert_market_exact, expected_items, load, outcomes,
+    T0,
+    T1,
+    T2,
+    WireRecorder,
+    assert_market_exact,
+    expected_items,
+    load,
+    outcomes,
 )
 from tests.helpers import scan_table
 from toptracks_dagster.dynamodb.table import DynamoDBWriteIncomplete

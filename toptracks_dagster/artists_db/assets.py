@@ -1,12 +1,25 @@
 """`artist_ids`: the artist list, read from the artists database, screened, checked, then published."""
 
-from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from toptracks_dagster import config as settings
-from toptracks_dagster.artists_db.checks import ARTIST_IDS_CHECK_SPECS, evaluate_artist_ids_checks
+from toptracks_dagster.artists_db.checks import (
+    ARTIST_IDS_CHECK_SPECS,
+    evaluate_artist_ids_checks,
+)
 from toptracks_dagster.artists_db.ids import screen_artist_ids
 from toptracks_dagster.artists_db.resources import ArtistsDatabase, ArtistsDatabaseError
-from toptracks_dagster.artists_db.snapshot import ARTIST_IDS_KEY, write_artist_ids_snapshot
+from toptracks_dagster.artists_db.snapshot import (
+    ARTIST_IDS_KEY,
+    write_artist_ids_snapshot,
+)
 from toptracks_dagster.check_results import emit_check_results, failed_blocking
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.raw_storage.resources import RawStorage

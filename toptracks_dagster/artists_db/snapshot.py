@@ -7,8 +7,13 @@ table (empty, or collapsed without consent) never replaces the last good list.
 from __future__ import annotations
 
 import json
+
 from toptracks_dagster.artists_db.ids import ScreenedArtistIds
-from toptracks_dagster.raw_storage.resources import PendingObject, RawObjectMissing, RawStorage
+from toptracks_dagster.raw_storage.resources import (
+    PendingObject,
+    RawObjectMissing,
+    RawStorage,
+)
 
 ARTIST_IDS_KEY = "artist_ids/artist_ids.json"
 

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toptracks_dagster import config
-from toptracks_dagster.dev.spotify_emulator import Catalog, EmulatorSettings, SpotifyEmulator, demo_artist_ids
+from toptracks_dagster.dev.spotify_emulator import (
+    Catalog,
+    EmulatorSettings,
+    SpotifyEmulator,
+    demo_artist_ids,
+)
 
 DEMO_ARTISTS = 200
 LOCAL_CLIENT_ID = "toptracks-local-demo"

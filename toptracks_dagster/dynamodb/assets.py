@@ -4,8 +4,8 @@ import time
 
 from dagster import (
     AssetExecutionContext,
-    Backoff,
     BackfillPolicy,
+    Backoff,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -17,7 +17,10 @@ from dagster import (
 
 from toptracks_dagster import config as settings
 from toptracks_dagster.check_results import emit_check_results
-from toptracks_dagster.dynamodb.checks import TABLE_CHECK_SPECS, verify_market_after_load
+from toptracks_dagster.dynamodb.checks import (
+    TABLE_CHECK_SPECS,
+    verify_market_after_load,
+)
 from toptracks_dagster.dynamodb.load import MassDeletionRefused, load_market
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import (
@@ -30,7 +33,11 @@ from toptracks_dagster.dynamodb.table import (
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
 from toptracks_dagster.spotify.assets import raw_top_tracks
-from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete, raw_partition_key
+from toptracks_dagster.spotify.raw import (
+    RawPartition,
+    RawPartitionIncomplete,
+    raw_partition_key,
+)
 
 ITEM_SCHEMA = TableSchema(columns=[
     TableColumn("artist_id", "string", description="partition key: Spotify artist id"),

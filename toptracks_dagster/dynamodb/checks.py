@@ -32,21 +32,26 @@ from dagster import (
 )
 
 from toptracks_dagster.check_results import CheckOutcome, check_spec
-
+from toptracks_dagster.dynamodb.items import (
+    deserialize_item,
+    gsi_popularity,
+    valid_track_id,
+)
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import (
     GSI_NAME,
     PARTITION_KEY,
     PIPELINE_ATTRIBUTES,
     SORT_KEY,
-    deserialize_item,
-    gsi_popularity,
     sort_key,
-    valid_track_id,
 )
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
-from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete, raw_partition_key
+from toptracks_dagster.spotify.raw import (
+    RawPartition,
+    RawPartitionIncomplete,
+    raw_partition_key,
+)
 
 SAMPLE_SIZE = 10  # offending keys shown in a result's metadata; the counts always cover all of them
 

@@ -26,7 +26,9 @@ from toptracks_dagster.dynamodb.ledger import (
     write_journal,
     write_ledger,
 )
-from toptracks_dagster.dynamodb.table import GSI_NAME, LoadStats, MarketLoader, outcome_digest
+from toptracks_dagster.dynamodb.loader import MarketLoader, outcome_digest
+from toptracks_dagster.dynamodb.table import GSI_NAME
+from toptracks_dagster.dynamodb.writer import LoadStats
 from toptracks_dagster.raw_storage.resources import RawStorage
 
 

@@ -31,12 +31,12 @@ from typing import Any, Iterator
 from botocore.exceptions import ClientError
 
 from toptracks_dagster import config
+from toptracks_dagster.dynamodb.items import deserialize_item
 from toptracks_dagster.dynamodb.table import (
     GSI_NAME,
     PARTITION_KEY,
     SORT_KEY,
     TRANSIENT_EXCEPTIONS,
-    deserialize_item,
     endpoint_of,
     sort_key,
 )
@@ -224,7 +224,9 @@ def run_query_command(args: argparse.Namespace, client=None, out=None, err=None)
 
 def dynamodb_resource():
     """The DynamoDB resource from the config contract alone (a query needs no MySQL or Spotify settings)."""
-    from toptracks_dagster.dynamodb.resources import DynamoDBResource  # dagster-aws: a heavy import, only when needed
+    from toptracks_dagster.dynamodb.resources import (
+        DynamoDBResource,  # dagster-aws: a heavy import, only when needed
+    )
 
     local_default = f"http://127.0.0.1:{config.LOCAL_DYNAMODB_PORT}" if config.deployment() == config.LOCAL else None
     return DynamoDBResource(

@@ -5,8 +5,8 @@ from contextlib import ExitStack
 
 from dagster import (
     AssetExecutionContext,
-    Backoff,
     BackfillPolicy,
+    Backoff,
     Failure,
     Jitter,
     MaterializeResult,
@@ -23,14 +23,23 @@ from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
 from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_raw_checks
-from toptracks_dagster.spotify.client import FATAL_ERRORS, SpotifyError, SpotifyUnreachable
+from toptracks_dagster.spotify.client import (
+    FATAL_ERRORS,
+    SpotifyError,
+    SpotifyUnreachable,
+)
 from toptracks_dagster.spotify.raw import (
     PartitionMerge,
     RawPartition,
     RawPartitionIncomplete,
     raw_partition_key,
 )
-from toptracks_dagster.spotify.refresh import RefreshConfig, RefreshPlanError, fetch_order, plan_market
+from toptracks_dagster.spotify.refresh import (
+    RefreshConfig,
+    RefreshPlanError,
+    fetch_order,
+    plan_market,
+)
 from toptracks_dagster.spotify.resources import SpotifyResource
 
 

@@ -33,8 +33,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
-from toptracks_dagster.counters import ThreadSafeCounters
 from toptracks_dagster.common import is_valid_spotify_id, utc_now_iso
+from toptracks_dagster.counters import ThreadSafeCounters
 
 
 class SpotifyError(RuntimeError):

@@ -20,7 +20,11 @@ from dataclasses import dataclass, field, fields
 from typing import IO, Iterable, Iterator
 
 from toptracks_dagster.common import is_valid_spotify_id, parse_iso, utc_now_iso
-from toptracks_dagster.raw_storage.resources import PendingObject, RawObjectMissing, RawStorage
+from toptracks_dagster.raw_storage.resources import (
+    PendingObject,
+    RawObjectMissing,
+    RawStorage,
+)
 from toptracks_dagster.spotify.client import TopTracksOutcome
 
 FORMAT = 2

@@ -7,7 +7,10 @@ from typing import Callable
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from toptracks_dagster.config import DEFAULT_SPOTIFY_API_BASE_URL, DEFAULT_SPOTIFY_TOKEN_URL
+from toptracks_dagster.config import (
+    DEFAULT_SPOTIFY_API_BASE_URL,
+    DEFAULT_SPOTIFY_TOKEN_URL,
+)
 from toptracks_dagster.spotify.client import SpotifyClient
 
 

@@ -1,0 +1,162 @@
+"""Items of the `top_tracks` table: how a track becomes an item, what decides a rewrite, how big it is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from toptracks_dagster.dynamodb.table import (
+    ITEM_FORMAT,
+    MAX_ITEM_BYTES,
+    MAX_SORT_KEY_BYTES,
+    PARTITION_KEY,
+    PIPELINE_ATTRIBUTES,
+    SORT_KEY,
+    ItemTooLarge,
+    sort_key,
+)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def dynamo_compatible(value: Any) -> Any:
+    """JSON values -> what DynamoDB accepts: floats as Decimal, NaN/Infinity as null, empty sets dropped."""
+    if value is None or isinstance(value, (bool, str, int, Decimal)):
+        return value
+    if isinstance(value, float):
+        # boto3 refuses floats (it will not guess the precision); str() gives the shortest exact repr.
+        return Decimal(str(value)) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): dynamo_compatible(v) for k, v in value.items() if not _is_empty_set(v)}
+    if isinstance(value, (list, tuple)):
+        return [dynamo_compatible(v) for v in value if not _is_empty_set(v)]
+    if isinstance(value, (set, frozenset)):
+        return {dynamo_compatible(v) for v in value}
+    return value
+
+
+def _is_empty_set(value: Any) -> bool:
+    return isinstance(value, (set, frozenset)) and not value
+
+
+def content_hash(market: str, rank: int, track: dict) -> str:
+    """What decides whether an item must be rewritten: everything but when it was fetched."""
+    canonical = json.dumps({"format": ITEM_FORMAT, "country": market, "rank": rank, "track": track},
+                           sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def list_digest(items_by_key: dict[str, dict]) -> str:
+    """One artist's list in one market as the loader writes it: keys and content hashes (empty for a 404)."""
+    text = "\n".join(f"{key}={items_by_key[key]['content_hash']}" for key in sorted(items_by_key))
+    return hashlib.sha256(f"{ITEM_FORMAT}\n{text}".encode()).hexdigest()[:32]
+
+
+def valid_track_id(market: str, track_id: Any) -> bool:
+    return isinstance(track_id, str) and bool(track_id) and len(sort_key(market, track_id).encode()) <= MAX_SORT_KEY_BYTES
+
+
+def gsi_popularity(value: Any) -> int | None:
+    """The track's popularity as the GSI's number key, or None when it has none usable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def build_item(artist_id: str, market: str, rank: int, track: dict, fetched_at: str) -> dict:
+    item = {k: dynamo_compatible(v) for k, v in track.items() if k not in PIPELINE_ATTRIBUTES and not _is_empty_set(v)}
+    popularity = gsi_popularity(track.get("popularity"))
+    if popularity is None:
+        # The GSI range key must be a number. A missing popularity becomes 0 (Spotify's own value for tracks
+        # without plays) and is flagged, rather than leaving the item out of the GSI where the sweep of
+        # removed artists could never find it.
+        popularity = 0
+        item["popularity_missing"] = True
+    item.update(
+        {
+            PARTITION_KEY: artist_id,
+            SORT_KEY: sort_key(market, track["id"]),
+            "country": market,
+            "rank": rank,
+            "popularity": popularity,
+            "fetched_at": fetched_at,
+            "content_hash": content_hash(market, rank, track),
+        }
+    )
+    return item
+
+
+def serialize_item(item: dict) -> dict:
+    serialized = {k: _serializer.serialize(v) for k, v in item.items()}
+    size = item_size(serialized)
+    if size > MAX_ITEM_BYTES:
+        largest = sorted(((len(k.encode()) + _value_size(v), k) for k, v in serialized.items()), reverse=True)[:3]
+        raise ItemTooLarge(
+            f"item artist_id={item[PARTITION_KEY]} {SORT_KEY}={item[SORT_KEY]} is {size:,} bytes, above DynamoDB's "
+            f"item limit of {MAX_ITEM_BYTES:,} bytes (400 KB); largest attributes: "
+            + ", ".join(f"{name} {nbytes:,} B" for nbytes, name in largest),
+            artist_id=item[PARTITION_KEY], key=item[SORT_KEY], size=size,
+        )
+    return serialized
+
+
+def item_size(serialized: dict) -> int:
+    """An item's size as DynamoDB counts it against the 400 KB limit (attribute names included).
+
+    boto3 has no such function. The rules are AWS's ("Item sizes and formats"); the byte counts were checked
+    against DynamoDB Local at the limit: strings and binaries by their bytes, numbers by base-100 digit pairs
+    + 1 (+1 if negative), BOOL/NULL 1, lists and maps 3 + 1 per element (+ the names in maps), sets their elements.
+    """
+    return sum(len(name.encode()) + _value_size(value) for name, value in serialized.items())
+
+
+def _value_size(attribute: dict) -> int:
+    (kind, value), = attribute.items()
+    if kind == "S":
+        return len(value.encode())
+    if kind == "N":
+        return _number_size(value)
+    if kind == "B":
+        return len(getattr(value, "value", value))
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "SS":
+        return sum(len(s.encode()) for s in value)
+    if kind == "NS":
+        return sum(_number_size(n) for n in value)
+    if kind == "BS":
+        return sum(len(getattr(b, "value", b)) for b in value)
+    if kind == "L":
+        return 3 + sum(1 + _value_size(v) for v in value)
+    if kind == "M":
+        return 3 + sum(1 + len(k.encode()) + _value_size(v) for k, v in value.items())
+    raise ValueError(f"unknown DynamoDB type {kind}")
+
+
+def _number_size(text: str) -> int:
+    number = Decimal(text)
+    if number.is_zero():
+        return 1
+    sign, digits, exponent = number.normalize().as_tuple()
+    highest, lowest = len(digits) - 1 + exponent, exponent  # powers of ten of the first and last digit
+    return (highest // 2 - lowest // 2 + 1) + 1 + (1 if sign else 0)
+
+
+def deserialize_item(item: dict) -> dict:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def _key(artist_id: str, country_track_id: str) -> dict:
+    return {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": country_track_id}}
+
+
