@@ -161,7 +161,7 @@ def test_ensure_table_creates_on_demand_with_an_active_gsi(ddb, dynamodb_local_e
 
 
 def test_table_with_another_key_schema_is_refused_showing_both(ddb, dynamodb_local_endpoint, table_name):
-    # The seed's table: key (artist_id, id) -- the same track in two markets overwrote itself.
+    # A table keyed (artist_id, id): the same track in two markets would overwrite itself.
     ddb.create_table(
         TableName=table_name,
         KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"}, {"AttributeName": "id", "KeyType": "RANGE"}],

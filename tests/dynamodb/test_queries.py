@@ -1,4 +1,4 @@
-"""The queries (the seed's second script, done right) from Python and from the CLI, against the table the
+"""The queries from Python and from the CLI, against the table the
 main job filled: one track, an artist's top list in rank order, popular tracks via the GSI."""
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Reading `top_tracks`: the tutorial's second script done right, as a small Python API and a CLI.
+"""Reading `top_tracks`: a small Python API and the `toptracks query` CLI, each a keyed read, never a Scan.
 
 - `get_track`: one item by its full key (artist, market, track id): GetItem, no scan.
 - `artist_top_list`: an artist's top list in a market, in rank order: Query on the partition key with
   `begins_with(country_track_id, "<market>#")`, consistent.
 - `popular_tracks`: tracks in a market with popularity above N, most popular first: a Query on the GSI
   `country-popularity-index` (`country = :market AND popularity > :n`), paginated by boto3's paginator.
-  The seed's `table.query(FilterExpression=...)` without a key condition is rejected by DynamoDB, and a
-  Scan would read the whole table.
+  A FilterExpression without a key condition is rejected by DynamoDB's Query, and a Scan would read the
+  whole table.
 
 `name`, `rank`, `type`, ... are reserved words in DynamoDB expressions: every attribute an expression names
 goes through ExpressionAttributeNames. Results are plain dicts (Decimals become int or float).
