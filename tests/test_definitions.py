@@ -29,3 +29,26 @@ def test_dagster_definitions_validate_passes_with_workspace_yaml():
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     assert "All code locations passed validation" in completed.stdout + completed.stderr
+
+
+def test_refresh_job_runs_the_in_step_checks_and_leaves_the_audit_to_its_own_job():
+    from toptracks_dagster.definitions import defs
+
+    refresh = {key.name for key in defs.resolve_job_def("top_tracks_job").asset_layer.asset_graph.asset_check_keys}
+    assert "top_tracks_match_raw" in refresh and "raw_top_tracks_complete" in refresh
+    audit_job = defs.resolve_job_def("top_tracks_audit_job")
+    assert audit_job.partitions_def.get_partition_keys() == ["US", "CA"]
+
+
+def test_the_one_private_dagster_import_still_exists():
+    # check_results.target_materialization is the only place that uses a Dagster class with no public path;
+    # this fails loudly when an upgrade moves it.
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    data = AssetCheckEvaluationTargetMaterializationData(run_id="r", storage_id=1, timestamp=1.0)
+    assert (data.run_id, data.storage_id) == ("r", 1)
+    source = (REPO / "toptracks_dagster").rglob("*.py")
+    users = [p.name for p in source if "dagster._" in p.read_text()]
+    assert users == ["check_results.py"], users

@@ -29,7 +29,10 @@ DEFAULT_DAGSTER_HOME = "./dagster_home"
 def main(argv: list[str] | None = None) -> int:
     # The Dagster features used here (backfill policies, code references, partitioned checks) are marked beta or
     # preview; their warnings say nothing a user of this command can act on.
-    warnings.filterwarnings("ignore", message=r".*(is currently in beta|is currently in preview).*")
+    from dagster import BetaWarning, PreviewWarning
+
+    warnings.filterwarnings("ignore", category=PreviewWarning)
+    warnings.filterwarnings("ignore", category=BetaWarning)
     parser = argparse.ArgumentParser(prog="toptracks", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run top_tracks_job for each country partition and print a summary")

@@ -10,7 +10,6 @@ top_tracks_job = define_asset_job(
     "top_tracks_job",
     # The refresh verifies what it changed (checks inside the asset steps); the full audit is a job of its own.
     selection=AssetSelection.assets("artist_ids", "raw_top_tracks", "top_tracks") - AssetSelection.checks(AUDIT_CHECK),
-    partitions_def=country_partitions,
     description=(
         "Refresh the markets of the run end to end: read artist ids once, fetch the artists the refresh config "
         "chooses for every market together, load DynamoDB exactly. A partition range is one run."
@@ -20,6 +19,8 @@ top_tracks_job = define_asset_job(
 top_tracks_audit_job = define_asset_job(
     "top_tracks_audit_job",
     selection=AssetSelection.checks(AUDIT_CHECK),
+    # A selection of checks alone does not infer partitions (assets do): without it the job could not be
+    # launched for one market.
     partitions_def=country_partitions,
     description="Reconcile every item of the chosen markets against the raw partitions (the `top_tracks_audit` check).",
 )
