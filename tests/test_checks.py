@@ -136,3 +136,20 @@ def test_edited_items_fail_the_table_checks_and_the_audit(prod_env, artists_tabl
         evaluations = check_results(audit)
         assert not evaluations[("top_tracks_audit", "US")].passed
         assert evaluations[("top_tracks_audit", "US")].metadata["stale_track_items"].value == 1
+
+
+def test_the_audit_job_reconciles_every_market(prod_env, artists_table, some_artist_ids):
+    from dagster import Definitions
+
+    from toptracks_dagster.jobs import top_tracks_audit_job
+
+    artists_table.set_ids(some_artist_ids[:6])
+    defs = Definitions(assets=ALL_ASSETS, asset_checks=[top_tracks_audit], jobs=[top_tracks_audit_job],
+                       resources=build_resources("prod"))
+    with instance_for_test() as instance:
+        run_all_markets(instance)
+        result = defs.resolve_job_def("top_tracks_audit_job").execute_in_process(instance=instance)
+    found = check_results(result)
+    assert set(found) == {("top_tracks_audit", "US"), ("top_tracks_audit", "CA")}
+    assert all(e.passed for e in found.values())
+    assert not result.get_asset_materialization_events()

@@ -19,10 +19,7 @@ top_tracks_job = define_asset_job(
 top_tracks_audit_job = define_asset_job(
     "top_tracks_audit_job",
     selection=AssetSelection.checks(AUDIT_CHECK),
-    # A selection of checks alone does not infer partitions (assets do): without it the job could not be
-    # launched for one market.
-    partitions_def=country_partitions,
-    description="Reconcile every item of the chosen markets against the raw partitions (the `top_tracks_audit` check).",
+    description="Reconcile every item of every market against the raw partitions (the `top_tracks_audit` check).",
 )
 
 

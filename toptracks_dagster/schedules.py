@@ -41,4 +41,4 @@ def daily_refresh(context: ScheduleEvaluationContext):
 )
 def weekly_audit(context: ScheduleEvaluationContext):
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return RunRequest(run_key=f"audit-{day}", tags=all_markets_tags())
+    return RunRequest(run_key=f"audit-{day}")
