@@ -64,11 +64,14 @@ def _use_local_stack(out=None) -> None:
     if os.environ.get("TOPTRACKS_LOCAL_STACK") or not config.env("DYNAMODB_ENDPOINT_URL"):
         from toptracks_dagster.dev import stack
 
+        out = out or sys.stdout
+        started: list[str] = []
         try:
-            os.environ.update(stack.ensure_local_stack(announce=lambda line: print(line, file=out or sys.stdout)))
+            os.environ.update(stack.ensure_local_stack(announce=started.append))
         except stack.StackError as error:
             raise config.ConfigError(str(error)) from None
-        print(f"local stack: {stack.describe(stack.load_state(stack.local_dir()))}", file=out or sys.stdout, flush=True)
+        print(started[0] if started else f"local stack: {stack.describe(stack.load_state(stack.local_dir()))}",
+              file=out, flush=True)
 
 
 def _prepare_environment(stack_guard: ExitStack) -> None:

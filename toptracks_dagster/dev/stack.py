@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Iterator
 
 from toptracks_dagster import config
+from toptracks_dagster.dev.local_stack import LOCAL_CLIENT_ID, seed_demo_artists
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_LOCAL_DIR = "./data/local"
@@ -48,7 +49,6 @@ DEFAULT_DAGSTER_HOME = "./dagster_home"
 STATE_VERSION = 1
 MOTO = "moto"
 DYNAMODB_LOCAL = "dynamodb-local"
-LOCAL_CLIENT_ID = "toptracks-local-demo"
 # The assets whose data the stack holds (raw dir + DynamoDB); their records in the Dagster instance must not
 # outlive that data.
 ASSETS_BACKED_BY_STACK = ("artist_ids", "raw_top_tracks", "top_tracks")
@@ -276,7 +276,6 @@ def start(directory: Path | None = None, announce=None) -> dict:
 
 
 def _start_locked(directory: Path, announce) -> dict:
-    from toptracks_dagster.dev.local_stack import seed_demo_artists
 
     engine, why = choose_engine()
     artists_db = directory / "artists.sqlite"
