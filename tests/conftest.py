@@ -39,6 +39,38 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+# ------------------------------------------------------------------------------------------ the local stack
+@pytest.fixture(scope="session", autouse=True)
+def private_local_stack(tmp_path_factory):
+    """Whatever loads the `local` deployment in a test (in-process or in a subprocess that inherits the
+    environment) gets a local stack of its own: state in a temp dir, free ports, a temp Dagster instance. A
+    developer's running stack and ./dagster_home are never used; the stack is stopped at the end."""
+    directory = tmp_path_factory.mktemp("local_stack")
+    home = tmp_path_factory.mktemp("dagster_home")
+    isolated = {"TOPTRACKS_LOCAL_DIR": str(directory), "DAGSTER_HOME": str(home),
+                "TOPTRACKS_STACK_SPOTIFY_PORT": "0", "TOPTRACKS_STACK_DYNAMODB_PORT": "0"}
+    saved = {name: os.environ.get(name) for name in isolated}
+    os.environ.update(isolated)
+    yield directory
+    from toptracks_dagster.dev import stack
+
+    stack.stop(directory)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Loading the `local` definitions exports the stack's variables into os.environ; no test sees another's."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 # ------------------------------------------------------------------------------------------ DynamoDB Local
 @pytest.fixture(scope="session")
 def dynamodb_local_endpoint():

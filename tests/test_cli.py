@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,11 +18,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_toptracks_run_on_the_embedded_default_prints_per_country_counts(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "SPOTIFY_", "MYSQL_", "TOPTRACKS_", "DYNAMODB_"))}
-    completed = subprocess.run(
-        [sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    # Its own stack (state under tmp_path, any free ports): a developer's running stack is left alone.
+    env.update({"TOPTRACKS_STACK_SPOTIFY_PORT": "0", "TOPTRACKS_STACK_DYNAMODB_PORT": "0"})
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=600,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        # The stack outlives the command, and a query right after finds the data without starting anything.
+        query = subprocess.run(
+            [sys.executable, "-m", "toptracks_dagster.cli", "query", "popular", "US", "--min", "0", "--json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert query.returncode == 0, query.stderr[-3000:]
+        assert "local stack started" not in query.stderr
+        assert len(json.loads(query.stdout)) > 0
+    finally:
+        subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", "stack", "stop"], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=120)
     ids = demo_artist_ids(DEMO_ARTISTS)
     catalog = Catalog(seed=0)
     for country in ("US", "CA"):

@@ -3,9 +3,11 @@
   toptracks run [--countries US,CA]   one run of `top_tracks_job` for the markets, then a summary
   toptracks dev                        the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
   toptracks query track|top|popular    read the table: one track, an artist's top list, a market above N
+  toptracks stack start|status|stop|reset   the local stack (Spotify emulator + DynamoDB) in the background
 
-With DAGSTER_DEPLOYMENT=local (the default) both start the embedded stack first: Spotify emulator,
-DynamoDB (moto) and a seeded SQLite artists table. With `prod` they use the config contract's variables.
+With DAGSTER_DEPLOYMENT=local (the default) they use the local stack, starting it when it is not running:
+Spotify emulator, DynamoDB (DynamoDB Local, or moto without Java) and a seeded SQLite artists table. It stays up
+between commands until `toptracks stack stop`. With `prod` they use the config contract's variables.
 """
 
 from __future__ import annotations
@@ -50,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the embedded stack when local)")
     dev.add_argument("--port", type=int, default=3000)
     add_query_commands(commands)
+    stack = commands.add_parser("stack", help="the local stack in the background: start, status, stop, reset")
+    stack.add_argument("action", choices=["start", "status", "stop", "reset"])
     args = parser.parse_args(argv)
     try:
+        if args.command == "stack":
+            return _stack(args.action)
         if args.command == "query":
+            _use_local_stack(out=sys.stderr)  # stdout is the answer (--json)
             return run_query_command(args)
         if args.command == "run":
             return _run(args)
@@ -62,19 +69,57 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _use_local_stack(out=None) -> None:
+    """With `local`, find the background stack (or start it) and export its variables for this process and the
+    Dagster processes it starts. An explicit DYNAMODB_ENDPOINT_URL means other services: nothing is started."""
+    if config.deployment() != config.LOCAL:
+        return
+    if os.environ.get("TOPTRACKS_LOCAL_STACK") or not config.env("DYNAMODB_ENDPOINT_URL"):
+        from toptracks_dagster.dev import stack
+
+        out = out or sys.stdout
+        started: list[str] = []
+        try:
+            os.environ.update(stack.ensure_local_stack(announce=started.append))
+        except stack.StackError as error:
+            raise config.ConfigError(str(error)) from None
+        print(started[0] if started else f"local stack: {stack.describe(stack.load_state(stack.local_dir()))}",
+              file=out, flush=True)
+
+
 def _prepare_environment(stack_guard: ExitStack) -> None:
-    """Start the embedded stack when local, and give Dagster a persistent instance directory."""
+    """Find or start the local stack when local, and give Dagster a persistent instance directory."""
     if not os.environ.get("DAGSTER_HOME"):
         home = Path(DEFAULT_DAGSTER_HOME).resolve()
         home.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(home)
-    if config.deployment() == config.LOCAL:
-        from toptracks_dagster.dev.local_stack import LocalStack
+    _use_local_stack()
 
-        stack = stack_guard.enter_context(LocalStack())
-        os.environ.update(stack.environment())
-        print(f"embedded stack: Spotify emulator {stack.emulator.base_url}, DynamoDB (moto) {stack.dynamodb_endpoint}, "
-              f"artists {stack.artists_db_path}")
+
+def _stack(action: str) -> int:
+    if config.deployment() != config.LOCAL:
+        raise config.ConfigError("`toptracks stack` manages the local stack; DAGSTER_DEPLOYMENT is not local")
+    from toptracks_dagster.dev import stack
+
+    try:
+        if action == "start":
+            state = stack.start(announce=print)
+            print(f"local stack running: {stack.describe(state)}")
+            return 0
+        if action == "stop":
+            state = stack.stop()
+            print("local stack stopped" if state else "local stack was not running")
+            return 0
+        if action == "reset":
+            for line in stack.reset():
+                print(line)
+            return 0
+        healthy, lines = stack.status_lines()
+        print("\n".join(lines))
+        return 0 if healthy else 3
+    except stack.StackError as error:
+        print(f"local stack: {error}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:

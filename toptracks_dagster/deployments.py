@@ -47,8 +47,14 @@ def _dynamodb(endpoint_default: str | None) -> DynamoDBResource:
 
 
 def _local_resources() -> dict:
-    # The embedded stack (`toptracks run` / `toptracks dev`) exports its addresses and the emulator's per-start
-    # credentials; without it (plain `dagster dev`) the defaults below answer nothing and runs say so.
+    # The background local stack (toptracks_dagster/dev/stack.py): found through its state file, started when it
+    # is not running, and its addresses and per-stack credentials exported for this process and its children
+    # (run workers), where the EnvVars resolve. An explicit DYNAMODB_ENDPOINT_URL (not one the stack exported)
+    # means someone runs their own services: then the variables are used as they are.
+    if os.environ.get("TOPTRACKS_LOCAL_STACK") or not config.env("DYNAMODB_ENDPOINT_URL"):
+        from toptracks_dagster.dev.stack import ensure_local_stack
+
+        os.environ.update(ensure_local_stack())
     host = "127.0.0.1"
     return {
         "artists_db": SQLiteArtistsDatabase(path=config.env("TOPTRACKS_LOCAL_ARTISTS_DB", config.DEFAULT_LOCAL_ARTISTS_DB)),

@@ -1,8 +1,7 @@
-"""The embedded default stack: Spotify emulator + DynamoDB (moto server) + a seeded SQLite artists table.
-
-Dev-only tooling: nothing in the pipeline imports this module. `toptracks run|dev|stack` start it and
-export its addresses and per-start credentials in the config contract's variables, so the `local`
-deployment's resources (and every Dagster subprocess) find it.
+"""An in-process stack: Spotify emulator + DynamoDB (moto server) + a seeded SQLite artists table, living as long
+as the `with` block. For tests and scripts that want services of their own for their own lifetime; the
+`local` deployment's background stack (`toptracks stack`, started on demand) is in `stack.py`, and shares
+the demo artists seeding below.
 """
 
 from __future__ import annotations
