@@ -131,5 +131,6 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
         touched = results[market].changed_artists | results[market].removed_artists
         base = {"market": market, "table": dynamodb.table_name, "endpoint": endpoint}
         checks[market] = verify_market_after_load(dynamodb, raw, touched, settings.check_sample_size(),
-                                                  seed=context.run_id, base=base)
+                                                  seed=context.run_id, base=base,
+                                                  had_no_items=results[market].had_no_items)
     yield from emit_check_results(context, checks)

@@ -12,6 +12,7 @@ Two costs, two places:
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
 import itertools
+import threading
 import math
 import random
 import time
@@ -348,47 +349,98 @@ class Verification:
     mismatched: _Sample = field(default_factory=_Sample)
 
 
-def verify_artists(client, table: str, raw: RawPartition, artists: set[str], concurrency: int = 8) -> Verification:
-    """Read back `artists` (consistent Query each) and compare with the raw partition; an artist absent from
-    the raw data must have no items."""
+def verify_artists(client, table: str, raw: RawPartition, artists: set[str], concurrency: int = 8,
+                   had_no_items: set[str] | None = None) -> Verification:
+    """Read back `artists` and compare with the raw partition; an artist absent from the raw data must have no
+    items. Streams the raw partition (memory holds at most a few batches of outcomes, never the market).
+
+    Artists the load knew had no items before it (`had_no_items`: new to the market) are read back by key,
+    100 items per consistent BatchGetItem: nothing else writes their items, so only what the load wrote can be
+    there. Every other artist gets one consistent Query, which also finds items that should not be there.
+    """
     market = raw.market
     result = Verification(market)
-    outcomes = {o.artist_id: o for o in raw.outcomes() if o.artist_id in artists}
-    wanted = sorted(artists)
+    had_no_items = had_no_items or set()
+    lock = threading.Lock()
 
-    def compare(artist_id: str) -> None:
-        actual = query_artist_items(client, table, market, artist_id)
-        outcome = outcomes.get(artist_id)
+    def compare(artist_id: str, outcome, actual: dict[str, dict]) -> None:
         if outcome is not None and outcome.status not in (200, 404):
             return  # an error outcome keeps the previous list: nothing to compare with
         expected = expected_items(market, outcome) if outcome is not None else {}
-        result.items_read += len(actual)
-        for key, (rank, track) in expected.items():
-            item = actual.get(key)
-            if item is None:
-                result.missing.add({"artist_id": artist_id, SORT_KEY: key})
-                continue
-            if (plain(item.get("rank")), plain(item.get("popularity"))) != (rank, stored_popularity(track)):
-                result.changed.add({"artist_id": artist_id, SORT_KEY: key,
-                                    "raw": {"rank": rank, "popularity": stored_popularity(track)},
-                                    "table": {"rank": plain(item.get("rank")), "popularity": plain(item.get("popularity"))}})
-            expected_fields, actual_fields = track_fields(track), item_fields(item)
-            differing = sorted(n for n in expected_fields.keys() | actual_fields.keys()
-                               if n not in expected_fields or n not in actual_fields
-                               or not same(expected_fields[n], actual_fields[n]))
-            if item.get("country") != market:
-                differing.append("country")
-            if differing:
-                result.mismatched.add({"artist_id": artist_id, SORT_KEY: key, "differing_attributes": differing[:20]})
-        for key in actual.keys() - expected.keys():
-            result.extra.add({"artist_id": artist_id, SORT_KEY: key,
-                              "raw_status": outcome.status if outcome is not None else "not in the raw data"})
+        with lock:
+            result.artists += 1
+            result.items_read += len(actual)
+            _compare_items(result, market, artist_id, expected, actual)
+            for key in actual.keys() - expected.keys():
+                result.extra.add({"artist_id": artist_id, SORT_KEY: key,
+                                  "raw_status": outcome.status if outcome is not None else "not in the raw data"})
 
+    def by_query(artist_id: str, outcome) -> None:
+        actual = query_artist_items(client, table, market, artist_id)
+        with lock:
+            result.read_requests += 1
+        compare(artist_id, outcome, actual)
+
+    def by_keys(batch: list) -> None:
+        keys = [(o.artist_id, key) for o in batch for key in expected_items(market, o)]
+        found = _get_items(client, table, keys)
+        with lock:
+            result.read_requests += (len(keys) + 99) // 100
+        for outcome in batch:
+            actual = {sk: item for (artist, sk), item in found.items() if artist == outcome.artist_id}
+            compare(outcome.artist_id, outcome, actual)
+
+    slots = threading.BoundedSemaphore(max(1, concurrency) * 2)
+    futures = []
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="verify") as pool:
-        list(pool.map(compare, wanted))
-    result.artists = len(wanted)
-    result.read_requests = len(wanted)
+        def submit(function, *args) -> None:
+            slots.acquire()
+            future = pool.submit(function, *args)
+            future.add_done_callback(lambda _: slots.release())
+            futures.append(future)
+
+        batch: list = []
+        batch_keys = 0
+        seen: set[str] = set()
+        for outcome in raw.outcomes():
+            if outcome.artist_id not in artists:
+                continue
+            seen.add(outcome.artist_id)
+            if outcome.artist_id in had_no_items and outcome.status in (200, 404):
+                batch.append(outcome)
+                batch_keys += len(outcome.tracks or [])
+                if batch_keys >= 100:
+                    submit(by_keys, batch)
+                    batch, batch_keys = [], 0
+            else:
+                submit(by_query, outcome.artist_id, outcome)
+        if batch:
+            submit(by_keys, batch)
+        for artist_id in sorted(artists - seen):  # removed artists: must have no items left
+            submit(by_query, artist_id, None)
+        for future in futures:
+            future.result()
     return result
+
+
+def _compare_items(result: Verification, market: str, artist_id: str, expected: dict, actual: dict) -> None:
+    for key, (rank, track) in expected.items():
+        item = actual.get(key)
+        if item is None:
+            result.missing.add({"artist_id": artist_id, SORT_KEY: key})
+            continue
+        if (plain(item.get("rank")), plain(item.get("popularity"))) != (rank, stored_popularity(track)):
+            result.changed.add({"artist_id": artist_id, SORT_KEY: key,
+                                "raw": {"rank": rank, "popularity": stored_popularity(track)},
+                                "table": {"rank": plain(item.get("rank")), "popularity": plain(item.get("popularity"))}})
+        expected_fields, actual_fields = track_fields(track), item_fields(item)
+        differing = sorted(n for n in expected_fields.keys() | actual_fields.keys()
+                           if n not in expected_fields or n not in actual_fields
+                           or not same(expected_fields[n], actual_fields[n]))
+        if item.get("country") != market:
+            differing.append("country")
+        if differing:
+            result.mismatched.add({"artist_id": artist_id, SORT_KEY: key, "differing_attributes": differing[:20]})
 
 
 def evaluate_table_checks(verification: Verification | None, error: str | None, base: dict) -> list[CheckOutcome]:
@@ -414,11 +466,11 @@ def evaluate_table_checks(verification: Verification | None, error: str | None, 
 
 
 def verify_market_after_load(dynamodb: DynamoDBResource, raw: RawPartition, touched: set[str], sample_size: int,
-                             seed: str, base: dict) -> list[CheckOutcome]:
+                             seed: str, base: dict, had_no_items: set[str] | None = None) -> list[CheckOutcome]:
     artists = touched | set(rotating_sample(raw.requested_at, touched, sample_size, seed))
     try:
         verification = verify_artists(dynamodb.get_client(), dynamodb.table_name, raw, artists,
-                                      dynamodb.write_concurrency)
+                                      dynamodb.write_concurrency, had_no_items=had_no_items)
     except (ClientError, BotoCoreError) as error:
         return evaluate_table_checks(None, f"reading table {dynamodb.table_name} at {dynamodb.describe_endpoint()} "
                                            f"failed: {error}", base)

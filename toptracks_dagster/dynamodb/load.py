@@ -42,6 +42,7 @@ class MarketLoadResult:
     stats: LoadStats
     changed_artists: set[str] = field(default_factory=set)  # written, re-read or emptied by this load
     removed_artists: set[str] = field(default_factory=set)  # artists whose items this load deleted entirely
+    had_no_items: set[str] = field(default_factory=set)  # changed artists known to have had no items before
     table_state: str = ""  # how the load knew what the table held: ledger / ledger+journal / empty / read
 
 
@@ -94,7 +95,8 @@ def load_market(client, table_name: str, endpoint: str, raw, storage: RawStorage
                 f"with the run tag {ALLOW_MASS_DELETE_TAG}=true"
             )
 
-    result = MarketLoadResult(market, LoadStats(), changed, removed, state)
+    had_no_items = {a for a in changed if previous is not None and a not in previous and a not in untrusted}
+    result = MarketLoadResult(market, LoadStats(), changed, removed, state, had_no_items)
     if previous is not None and not changed and not removed:
         result.stats.add(artists=len(listed), items_unchanged=sum(n for _, n in digests.values()),
                          artists_skipped_unchanged=len(digests))
