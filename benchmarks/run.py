@@ -185,7 +185,8 @@ def run_figures(home: Path, run_id: str) -> dict:
                     market = figures["markets"].setdefault(materialization.partition, {})
                     market.update({k: values.get(k, 0) for k in ("write_requests", "read_requests", "items_written",
                                                                   "items_unchanged", "items_deleted", "artists_changed",
-                                                                  "artists_removed", "table_state")})
+                                                                  "artists_removed", "table_state",
+                                                                  "wall_time_s")})
                     market["items"] = values.get("dagster/row_count", 0)
                     figures["write_requests"] += values.get("write_requests", 0)
                     figures["read_requests_load"] += values.get("read_requests", 0)
@@ -204,6 +205,10 @@ def run_figures(home: Path, run_id: str) -> dict:
                     figures["read_requests_checks"] += reads
                     if evaluation.partition:
                         figures["markets"].setdefault(evaluation.partition, {})["check_reads"] = reads
+        # Where the run's time went: each step's duration, and each market's load (the rest of the
+        # top_tracks step is its checks' read-back).
+        figures["steps_s"] = {s.step_key: round(s.end_time - s.start_time, 2)
+                              for s in instance.get_run_step_stats(run_id) if s.start_time and s.end_time}
     figures["read_requests"] = figures["read_requests_load"] + figures["read_requests_checks"]
     return figures
 
@@ -328,7 +333,9 @@ def w4(count: int, env: dict, emulator: EmulatorProcess, database_for, workdir: 
         raise RuntimeError(f"W4 at {count} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
     rss = float(re.search(r"^PEAK-RSS-MB ([0-9.]+)", completed.stdout, re.M).group(1))
     run_id = re.search(r"^run (\S+) recorded", completed.stdout, re.M).group(1)
-    return {"wall_s": wall, "peak_rss_mb": rss, "run_id": run_id, **spotify_count(emulator),
+    in_run = re.search(r"in ([0-9.]+) s in all", completed.stdout)
+    return {"wall_s": wall, "in_run_s": float(in_run.group(1)) if in_run else None, "peak_rss_mb": rss,
+            "run_id": run_id, **spotify_count(emulator),
             **run_figures(home, run_id)}
 
 
