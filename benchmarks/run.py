@@ -196,7 +196,7 @@ def run_figures(home: Path, run_id: str) -> dict:
                 elif asset == "raw_top_tracks" and "run_requests" in values:
                     figures["api_phase_s"] = values.get("run_wall_time_s", 0.0)
                     figures["run_requests"] = values.get("run_requests", 0)
-                    figures["429s"] = values.get("run_responses_429", 0)
+                    figures["run_429s"] = values.get("run_responses_429", 0)
             else:
                 evaluation = event.event_specific_data
                 if evaluation.check_name == MATCH_RAW_CHECK:
