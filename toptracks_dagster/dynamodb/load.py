@@ -96,7 +96,8 @@ def load_market(client, table_name: str, endpoint: str, raw, storage: RawStorage
             )
 
     had_no_items = {a for a in changed if previous is not None and a not in previous and a not in untrusted}
-    result = MarketLoadResult(market, LoadStats(), changed, removed, state, had_no_items)
+    result = MarketLoadResult(market, LoadStats(), changed_artists=changed, removed_artists=removed,
+                              table_state=state, had_no_items=had_no_items)
     if previous is not None and not changed and not removed:
         result.stats.add(artists=len(listed), items_unchanged=sum(n for _, n in digests.values()),
                          artists_skipped_unchanged=len(digests))
