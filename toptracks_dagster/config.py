@@ -105,3 +105,15 @@ def table_name() -> str:
 
 def region() -> str:
     return env("AWS_REGION", DEFAULT_REGION) or DEFAULT_REGION
+
+
+TABLE_TEMPLATE = "deploy/cloudformation/top_tracks.yaml"
+
+
+def create_table() -> bool:
+    """TOPTRACKS_CREATE_TABLE (default true): may a run create the table when it is missing?
+
+    `false` is for production, where the table comes from deploy/cloudformation/top_tracks.yaml and the run
+    role has no dynamodb:CreateTable: a missing table is then an error that names that template.
+    """
+    return env_bool("TOPTRACKS_CREATE_TABLE", True)
