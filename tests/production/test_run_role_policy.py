@@ -7,13 +7,12 @@ in moto's server mode with IAM enforcement on, signed with the keys of an IAM us
 rendered policy. The table comes from the CloudFormation template, so the run never creates one.
 """
 
-# No `from __future__ import annotations`: Dagster must see the ResourceDependency annotation below.
+from __future__ import annotations
 
 import uuid
 
 import pytest
-from dagster import DagsterEventType, ResourceDependency, RetryPolicy, materialize
-from dagster_aws.s3 import S3Resource
+from dagster import DagsterEventType, RetryPolicy, materialize
 from pydantic import ValidationError
 
 from tests.helpers import ALL_ASSETS, expected_keys, scan_table
@@ -25,7 +24,7 @@ from tests.production.aws import (
     render_policy,
     without_action,
 )
-from toptracks_dagster import deployments
+from tests.production.workarounds import s3_raw_storage_fixed  # noqa: F401  (fixture)
 from toptracks_dagster.artists_db.checks import artist_ids_checks
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.checks import top_tracks_checks
@@ -50,25 +49,11 @@ NOT_EXERCISED_HERE = {
 }
 
 
-class S3RawStorageResolvable(S3RawStorage):
-    """S3RawStorage with its `s3` annotation evaluated: raw_storage/resources.py has `from __future__ import
-    annotations`, which turns `ResourceDependency[S3Resource]` into a string Dagster does not recognise, so
-    `S3RawStorage(s3=S3Resource(...))` is rejected (see test_prod_resources_build_s3_raw_storage)."""
-
-    s3: ResourceDependency[S3Resource]
-
-
 @pytest.fixture
 def no_retry_delays(monkeypatch):
     """The assets' retry policies stay in force, without their 10-100 s waits between attempts
     (`materialize` runs in process and ignores executor config such as `retries: disabled`)."""
     monkeypatch.setattr(RetryPolicy, "calculate_delay", lambda self, attempt_num: 0)
-
-
-@pytest.fixture
-def s3_raw_storage_fixed(monkeypatch):
-    """build_resources("prod") takes its own S3 raw storage path, with the annotation fixed."""
-    monkeypatch.setattr(deployments, "S3RawStorage", S3RawStorageResolvable)
 
 
 def rendered_policy(table: str, bucket: str) -> dict:
@@ -201,7 +186,7 @@ def test_the_exceptions_are_all_in_the_policy():
                    reason="raw_storage/resources.py: `from __future__ import annotations` hides ResourceDependency "
                           "from Dagster; S3RawStorage cannot be built until that module evaluates the annotation")
 def test_prod_resources_build_s3_raw_storage(monkeypatch, prod_env):
-    # Strict: when the package is fixed this passes, the xfail turns into a failure, and the
-    # S3RawStorageResolvable workaround above can go.
+    # Strict: when the package is fixed this passes, the xfail turns into a failure, and
+    # tests/production/workarounds.py can go.
     monkeypatch.setenv("TOPTRACKS_RAW_S3_BUCKET", "toptracks-raw")
     assert isinstance(build_resources("prod")["raw_storage"], S3RawStorage)
