@@ -160,10 +160,15 @@ def test_a_partition_run_starts_as_its_own_ecs_task_with_secrets_referenced_not_
     assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
 
+    launcher = instance.run_launcher
     run_task_requests: list[dict] = []
-    instance.run_launcher.ecs.meta.events.register(
+    launcher.ecs.meta.events.register(
         "provide-client-params.ecs.RunTask", lambda params, **_: run_task_requests.append(json.loads(json.dumps(params)))
     )
+    calls: list[str] = []  # every AWS API call the launcher makes, as IAM action names
+    for client in (launcher.ecs, launcher.ec2.meta.client, launcher.secrets_manager, launcher.logs):
+        prefix = client.meta.service_model.signing_name
+        client.meta.events.register("before-call", lambda model, prefix=prefix, **_: calls.append(f"{prefix}:{model.name}"))
     origin = LoadableTargetOrigin(module_name="toptracks_dagster.definitions", working_directory=str(REPO))
     with in_process_test_workspace(instance, origin, container_image=IMAGE) as workspace:
         location = workspace.get_code_location(workspace.code_location_names[0])
@@ -228,6 +233,15 @@ def test_a_partition_run_starts_as_its_own_ecs_task_with_secrets_referenced_not_
     for value in filter(None, SECRET_VALUES.values()):
         assert value not in everything_sent
     assert container["logConfiguration"]["options"]["awslogs-group"] == "/ecs/toptracks-runs"
+
+    # The launcher needs no more than deploy/iam/launcher-role-policy.json allows (RunTask also needs
+    # ecs:TagResource for the tags and iam:PassRole for the two roles; AWS checks those, moto does not).
+    launcher_policy = json.loads((REPO / "deploy" / "iam" / "launcher-role-policy.json").read_text())
+    allowed = {a for statement in launcher_policy["Statement"] for a in statement["Action"]}
+    assert set(calls) == {"ecs:DescribeTasks", "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition",
+                          "ecs:RunTask", "ec2:DescribeNetworkInterfaces"}, calls
+    assert set(calls) <= allowed
+    assert {"ecs:TagResource", "iam:PassRole"} <= allowed
 
     # The run records where it runs, for monitoring and termination.
     recorded = instance.get_run_by_id(run.run_id).tags

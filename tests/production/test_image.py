@@ -117,6 +117,23 @@ def test_the_build_context_leaves_out_local_state():
     assert rules[0] == "**", "the context starts empty and lists what the image needs"
     allowed = [rule[1:] for rule in rules if rule.startswith("!")]
     assert not [a for a in allowed if re.search(r"\.venv|node_modules|data|tests|\.env|\.git|dagster_home", a)]
-    copied = [args.split()[0] for name, args in instructions(DOCKERFILE.read_text()) if name == "COPY"]
+    copied = [source for name, args in instructions(DOCKERFILE.read_text()) if name == "COPY"
+              for source in args.split()[:-1] if not source.startswith("--")]
+    assert "toptracks_dagster" in copied and "deploy/dagster.yaml" in copied
     for source in copied:  # every COPY source is in the context
         assert any(a.rstrip("*").rstrip("/") == source.rstrip("/") or source.startswith(a.rstrip("*")) for a in allowed), source
+
+
+def test_the_production_workspace_points_at_the_code_server(monkeypatch):
+    from dagster._core.workspace.config_schema import ensure_workspace_config
+
+    import yaml
+
+    path = REPO / "deploy" / "workspace.yaml"
+    monkeypatch.setenv("DAGSTER_CODE_SERVER_HOST", "toptracks-code.toptracks.local")
+    config = ensure_workspace_config(yaml.safe_load(path.read_text()), str(path))
+    (entry,) = config["load_from"]
+    assert entry["grpc_server"]["location_name"] == "toptracks_dagster"
+    # The image's code server serves the same location on the same port.
+    cmd = [args for name, args in instructions(DOCKERFILE.read_text()) if name == "CMD"][-1]
+    assert '"--port", "4000"' in cmd and '"toptracks_dagster"' in cmd and entry["grpc_server"]["port"] == 4000
