@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -135,7 +136,19 @@ def ecs_account(monkeypatch, metadata_endpoint):
 
 
 @pytest.fixture
-def production_instance(tmp_path, monkeypatch, postgres_database, ecs_account, s3_raw_storage_fixed):
+def fresh_definitions_module():
+    """The code location is imported here with the prod settings of this test; later tests get their own import."""
+    name = "toptracks_dagster.definitions"
+    before = sys.modules.pop(name, None)
+    yield
+    sys.modules.pop(name, None)
+    if before is not None:
+        sys.modules[name] = before
+
+
+@pytest.fixture
+def production_instance(tmp_path, monkeypatch, postgres_database, ecs_account, s3_raw_storage_fixed,
+                        fresh_definitions_module):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
