@@ -24,7 +24,6 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from moto import mock_aws
 
 from tests.production.aws import REGION, REPO
-from tests.production.workarounds import s3_raw_storage_fixed  # noqa: F401  (fixture)
 
 IMAGE = "123456789012.dkr.ecr.ap-northeast-2.amazonaws.com/toptracks-dagster:2026.11.27"
 ROLE = "arn:aws:iam::123456789012:role/{}"

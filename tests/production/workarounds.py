@@ -3,11 +3,9 @@
 No `from __future__ import annotations` here: Dagster must see the ResourceDependency annotation below.
 """
 
-import pytest
 from dagster import ResourceDependency
 from dagster_aws.s3 import S3Resource
 
-from toptracks_dagster import deployments
 from toptracks_dagster.raw_storage.resources import S3RawStorage
 
 
@@ -18,9 +16,3 @@ class S3RawStorageResolvable(S3RawStorage):
     does not load (recorded by test_run_role_policy.py::test_prod_resources_build_s3_raw_storage)."""
 
     s3: ResourceDependency[S3Resource]
-
-
-@pytest.fixture
-def s3_raw_storage_fixed(monkeypatch):
-    """build_resources("prod") takes its own S3 raw storage path, with the annotation fixed."""
-    monkeypatch.setattr(deployments, "S3RawStorage", S3RawStorageResolvable)
