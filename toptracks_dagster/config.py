@@ -170,3 +170,15 @@ ALLOW_MASS_DELETE_TAG = "toptracks/allow_mass_delete"
 
 def mass_delete_allowed(tags: dict) -> bool:
     return str(tags.get(ALLOW_MASS_DELETE_TAG, "")).strip().lower() in {"1", "true", "yes"}
+
+
+TABLE_TEMPLATE = "deploy/cloudformation/top_tracks.yaml"
+
+
+def create_table() -> bool:
+    """TOPTRACKS_CREATE_TABLE (default true): may a run create the table when it is missing?
+
+    `false` is for production, where the table comes from deploy/cloudformation/top_tracks.yaml and the run
+    role has no dynamodb:CreateTable: a missing table is then an error that names that template.
+    """
+    return env_bool("TOPTRACKS_CREATE_TABLE", True)
