@@ -144,7 +144,9 @@ class RotationPlan:
 
     @property
     def requests_per_run(self) -> int:
-        return math.ceil(self.budget / self.runs_per_day)
+        """The even share of a run (each run gets what is left today over the ticks left, so the last one may
+        get a few more)."""
+        return self.budget // self.runs_per_day
 
     @property
     def keeps_target(self) -> bool:
@@ -176,7 +178,7 @@ class RotationPlan:
         lines = [
             f"catalogue: {self.artists:,} artists x {self.markets} markets = {self.pairs:,} (artist, market) pairs",
             f"budget: {self.budget:,} requests per UTC day, {self.runs_per_day} rolling runs a day "
-            f"= up to {self.requests_per_run:,} requests per run",
+            f"= about {self.requests_per_run:,} requests per run",
             f"rotation: {self.rotation_days:.2f} days: every pair refreshed at least every {self.bound_days} day(s) "
             "(stalest first, new artists first)",
             f"first rotation: about {first} day(s) until every pair has a list",
