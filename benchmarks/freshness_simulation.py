@@ -136,8 +136,10 @@ def plot(result: dict, path: str) -> None:
     for key, label in (("oldest_before_any_run_days", "oldest pair, worst hour of the day"),
                        ("age_oldest_days", "oldest (end of day)"), ("age_p95_days", "p95 (end of day)"),
                        ("age_median_days", "median (end of day)")):
-        top.plot(days, [d[key] if d[key] is not None else float("nan") for d in result["per_day"]], marker=".",
-                 label=label)
+        # The worst hour is measured once every pair has a list (before that, the pairs without one go first).
+        values = [float("nan") if d[key] is None or (key.startswith("oldest_before") and d["pairs_without_list"])
+                  else d[key] for d in result["per_day"]]
+        top.plot(days, values, marker=".", label=label)
     top.axhline(result["bound_days"], color="red", linestyle="--", label=f"stated bound ({result['bound_days']} d)")
     top.set_ylabel("list age (days)")
     top.legend(fontsize=8)
