@@ -5,7 +5,13 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 from toptracks_dagster import config
 from toptracks_dagster.jobs import all_markets_tags, top_tracks_audit_job, top_tracks_job
 from toptracks_dagster.raw_storage.resources import RawStorage
-from toptracks_dagster.spotify.budget import ROLLING_INTERVAL_S, BudgetLedger, BudgetLedgerUnreadable, run_allowance
+from toptracks_dagster.spotify.budget import (
+    ROLLING_INTERVAL_S,
+    BudgetLedger,
+    BudgetLedgerUnreadable,
+    run_allowance,
+    run_pairs,
+)
 
 
 @schedule(
@@ -48,7 +54,7 @@ def weekly_audit(context: ScheduleEvaluationContext):
         "Hourly, with TOPTRACKS_REQUESTS_PER_DAY set: one run over every market that refreshes the stalest "
         "(artist, market) pairs first (artists without a list before all others), sized to what is left of the "
         "UTC day's budget shared by the ticks left today, and capped at that inside the run (retries and 404s "
-        "count). Every pair is refreshed at least every ceil(artists x markets / budget) days (`toptracks plan`). "
+        "count); it plans 10 % fewer pairs than that for retries, except the day's last tick. Every pair is refreshed at least every ceil(artists x markets / budget) days (`toptracks plan`). "
         "Costs exactly the budget per day; skips when the budget is unset or spent."
     ),
 )
@@ -69,6 +75,6 @@ def rolling_refresh(context: ScheduleEvaluationContext, raw_storage: RawStorage)
         run_key=f"rolling-{stamp}",
         tags={**all_markets_tags(), "trigger": "rolling_refresh"},
         run_config={"ops": {"raw_top_tracks": {"config": {
-            "mode": "stalest", "pairs": allowance, "max_requests": allowance,
+            "mode": "stalest", "pairs": run_pairs(allowance, now, ROLLING_INTERVAL_S), "max_requests": allowance,
             "reason": f"rolling_refresh {stamp}: {allowance} of {budget - spent} requests left today"}}}},
     )

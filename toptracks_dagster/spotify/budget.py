@@ -119,6 +119,20 @@ def run_allowance(budget: int, spent_today: int, now: datetime, interval_s: int)
     return max(0, budget - spent_today) // ticks_left_today(now, interval_s)
 
 
+RETRY_HEADROOM = 0.1  # share of a run's allowance kept for retries (not the last run of the day)
+
+
+def run_pairs(allowance: int, now: datetime, interval_s: int) -> int:
+    """Pairs a rolling run plans for `allowance` requests: allowance / (1 + RETRY_HEADROOM), so retries up to
+    that share never make the cap cut a run short (a cut drops the run's highest artist ids, and a cut at every
+    run would keep cutting the same ones). The last run of the day plans the whole allowance: what the cap
+    leaves of it is the stalest at the next day's first run, which has the headroom again. Unused headroom
+    stays in the day's remainder, so a day without retries still refreshes `budget` pairs."""
+    if ticks_left_today(now, interval_s) == 1:
+        return allowance
+    return math.floor(allowance / (1 + RETRY_HEADROOM))
+
+
 @dataclass(frozen=True)
 class RotationPlan:
     """What a budget keeps for a catalogue, stated before anything is fetched."""
