@@ -4,6 +4,7 @@
   toptracks dev                        the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
   toptracks query track|top|popular    read the table: one track, an artist's top list, a market above N
   toptracks stack start|status|stop|reset   the local stack (Spotify emulator + DynamoDB) in the background
+  toptracks plan                       what TOPTRACKS_REQUESTS_PER_DAY keeps: rotation, requests per run, staleness
 
 With DAGSTER_DEPLOYMENT=local (the default) they use the local stack, starting it when it is not running:
 Spotify emulator, DynamoDB (DynamoDB Local, or moto without Java) and a seeded SQLite artists table. It stays up
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     add_query_commands(commands)
     stack = commands.add_parser("stack", help="the local stack in the background: start, status, stop, reset")
     stack.add_argument("action", choices=["start", "status", "stop", "reset"])
+    plan = commands.add_parser("plan", help="the freshness bound the request budget keeps, before anything is fetched")
+    plan.add_argument("--artists", type=int, help="catalogue size (default: the last artist id snapshot)")
+    plan.add_argument("--markets", type=int, help="markets (default: the number in TOPTRACKS_COUNTRIES)")
+    plan.add_argument("--budget", type=int, help="requests per UTC day (default: TOPTRACKS_REQUESTS_PER_DAY)")
+    plan.add_argument("--target-days", type=float, help="accepted list age (default: TOPTRACKS_FRESHNESS_TARGET_DAYS)")
     args = parser.parse_args(argv)
     try:
         if args.command == "stack":
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "query":
             _use_local_stack(out=sys.stderr)  # stdout is the answer (--json)
             return run_query_command(args)
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "run":
             return _run(args)
         return _dev(args.port)
@@ -221,6 +229,34 @@ def _execute_interruptibly(instance, execute):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+def _plan(args) -> int:
+    """Print what the budget keeps. Exit 0 when it keeps the target, 3 when the catalogue is past it."""
+    from toptracks_dagster.spotify.budget import ROLLING_INTERVAL_S, RotationPlan
+
+    artists = args.artists
+    if artists is None:
+        from toptracks_dagster.artists_db.snapshot import SnapshotUnreadable, read_artist_ids
+        from toptracks_dagster.deployments import build_resources
+
+        try:
+            artists = len(set(read_artist_ids(build_resources()["raw_storage"])))
+        except SnapshotUnreadable as error:
+            raise config.ConfigError(f"{error}; or give the catalogue size with --artists N") from None
+    markets = args.markets or len(config.countries())
+    budget = args.budget if args.budget is not None else config.requests_per_day()
+    target = args.target_days if args.target_days is not None else config.freshness_target_days()
+    if artists < 0 or markets < 1 or (budget is not None and budget < 1) or target <= 0:
+        raise config.ConfigError("--artists must be >= 0, --markets, --budget and --target-days above 0")
+    if budget is None:
+        print(f"no request budget (TOPTRACKS_REQUESTS_PER_DAY unset): runs are not capped; a full refresh costs "
+              f"{artists * markets:,} requests ({artists:,} artists x {markets} markets). Keeping every list within "
+              f"{target:g} day(s) needs a budget of at least {-(-artists * markets // max(1, int(target))):,} a day.")
+        return 0
+    rotation = RotationPlan(artists=artists, markets=markets, budget=budget, runs_per_day=86400 // ROLLING_INTERVAL_S,
+                            target_days=target)
+    for line in rotation.lines():
+        print(line)
+    return 0 if rotation.keeps_target else 3
 
 
 def _dev(port: int) -> int:

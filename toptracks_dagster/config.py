@@ -164,6 +164,21 @@ def check_sample_size() -> int:
     return env_int("TOPTRACKS_CHECK_SAMPLE_SIZE", 20, minimum=0)
 
 
+def requests_per_day() -> int | None:
+    """TOPTRACKS_REQUESTS_PER_DAY: Spotify Web API requests allowed per UTC day, retries and 404s included
+    (token requests go to the accounts host and are not counted). Unset = no budget (runs are not capped)."""
+    value = env("TOPTRACKS_REQUESTS_PER_DAY")
+    if value is None:
+        return None
+    return env_int("TOPTRACKS_REQUESTS_PER_DAY", 0, minimum=1)
+
+
+def freshness_target_days() -> float:
+    """TOPTRACKS_FRESHNESS_TARGET_DAYS: the oldest stored list the team accepts. `toptracks plan` says whether the
+    budget keeps it; `top_tracks`' FreshnessPolicy fails when no load happened for this long."""
+    return env_float("TOPTRACKS_FRESHNESS_TARGET_DAYS", 7.0, minimum=1 / 24)
+
+
 # The run tag that consents to a mass deletion for one run (see max_delete_share).
 ALLOW_MASS_DELETE_TAG = "toptracks/allow_mass_delete"
 

@@ -8,7 +8,7 @@ from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.assets import top_tracks
 from toptracks_dagster.dynamodb.checks import top_tracks_audit
 from toptracks_dagster.jobs import top_tracks_audit_job, top_tracks_job
-from toptracks_dagster.schedules import daily_refresh, weekly_audit
+from toptracks_dagster.schedules import daily_refresh, rolling_refresh, weekly_audit
 from toptracks_dagster.spotify.assets import raw_top_tracks
 
 defs = Definitions(
@@ -17,6 +17,6 @@ defs = Definitions(
     asset_checks=[top_tracks_audit],
     jobs=[top_tracks_job, top_tracks_audit_job],
     sensors=[artists_changed_sensor],
-    schedules=[daily_refresh, weekly_audit],
+    schedules=[daily_refresh, rolling_refresh, weekly_audit],
     resources=build_resources(),
 )

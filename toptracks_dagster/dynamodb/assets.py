@@ -1,12 +1,14 @@
 """`top_tracks`: the DynamoDB table, one item per (artist, market, track), refreshed exactly per market."""
 
 import time
+from datetime import timedelta
 
 from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
     Backoff,
     Failure,
+    FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
@@ -65,6 +67,12 @@ ITEM_SCHEMA = TableSchema(columns=[
     kinds={"dynamodb"},
     owners=["team:data-eng"],
     metadata={"dagster/column_schema": ITEM_SCHEMA},
+    # The table as a whole: WARN after a day without a load (the rolling or daily refresh stopped), FAIL once no
+    # load happened for TOPTRACKS_FRESHNESS_TARGET_DAYS (every list is then older than the target). The age of
+    # each (artist, market) list is in raw_top_tracks' metadata and its freshness-bound check.
+    freshness_policy=FreshnessPolicy.time_window(
+        fail_window=timedelta(days=max(1.0, settings.freshness_target_days())),
+        warn_window=timedelta(days=1) if settings.freshness_target_days() > 1 else None),
     description=(
         "The DynamoDB table (TOPTRACKS_TABLE, default `top_tracks`): key artist_id + country_track_id "
         "('<market>#<track id>'), GSI country-popularity-index. After a market's load its items are exactly "

@@ -22,24 +22,23 @@ from toptracks_dagster.check_results import emit_check_results, failed_blocking
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
-from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_raw_checks
-from toptracks_dagster.spotify.client import (
-    FATAL_ERRORS,
-    SpotifyError,
-    SpotifyUnreachable,
+from toptracks_dagster.spotify.budget import (
+    ROLLING_INTERVAL_S,
+    BudgetLedger,
+    BudgetLedgerUnreadable,
+    RotationPlan,
+    iso,
+    utc_now,
 )
+from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_freshness_bound, evaluate_raw_checks
+from toptracks_dagster.spotify.client import FATAL_ERRORS, SpotifyBudgetExhausted, SpotifyError, SpotifyUnreachable
 from toptracks_dagster.spotify.raw import (
     PartitionMerge,
     RawPartition,
     RawPartitionIncomplete,
     raw_partition_key,
 )
-from toptracks_dagster.spotify.refresh import (
-    RefreshConfig,
-    RefreshPlanError,
-    fetch_order,
-    plan_market,
-)
+from toptracks_dagster.spotify.refresh import RefreshConfig, RefreshPlanError, fetch_order, plan_run
 from toptracks_dagster.spotify.resources import SpotifyResource
 
 
@@ -63,7 +62,9 @@ from toptracks_dagster.spotify.resources import SpotifyResource
         "(mode full = every artist, 1 request per artist per market; changed = only artists new to the market; "
         "stalest = the `limit` oldest lists, new artists first; artists = a given list) and merges them into "
         "the partition: the other artists' outcomes are kept, artists gone from `artist_ids` dropped (no "
-        "request). The merged partition is written aside and published only if its blocking checks pass."
+        "request). The merged partition is written aside and published only if its blocking checks pass. "
+        "With TOPTRACKS_REQUESTS_PER_DAY every run is capped at what is left of the UTC day's budget (counted in "
+        "a ledger in raw storage, retries and 404s included); a fetch stopped by the cap publishes what it got."
     ),
 )
 def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotify: SpotifyResource,
@@ -84,13 +85,18 @@ def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotif
             context.log.warning(f"{error}; refetching every artist of {market}")
             previous[market] = None
     try:
-        plans = [plan_market(config if previous[m] is not None else RefreshConfig(mode="full", reason=config.reason),
-                             m, listed, previous[m].requested_at if previous[m] else None) for m in markets]
+        plans = plan_run(config, markets, listed, {m: previous[m].requested_at if previous[m] else None
+                                                   for m in markets})
     except RefreshPlanError as error:
         raise Failure(description=f"refresh config: {error}", allow_retries=False) from None
     pairs = fetch_order(plans)
     for plan in plans:
-        context.log.info(f"{plan.market}: {plan.describe(config.mode if previous[plan.market] else 'full')}")
+        mode = config.mode if previous[plan.market] or config.pairs else "full"
+        context.log.info(f"{plan.market}: {plan.describe(mode)}")
+    budget = _Budget.open(context, raw_storage, config, listed)
+    capped_before_start = budget.cap == 0 and bool(pairs)
+    if capped_before_start:
+        pairs = []  # nothing left today: merge only (artists that left the list are still dropped)
 
     with ExitStack() as cleanup:
         merges: dict[str, PartitionMerge] = {}
@@ -103,7 +109,13 @@ def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotif
             merges[plan.market] = PartitionMerge(
                 stream, plan.market, listed, previous[plan.market].outcomes() if previous[plan.market] else (),
                 request, planned=len(plan.fetch))
-        stats = _fetch(context, spotify, pairs, merges)
+        stats, stopped = _fetch(context, spotify, pairs, merges, budget)
+        stopped = stopped or capped_before_start
+        if stopped:
+            for merge in merges.values():
+                # Pairs the cap left unfetched keep their previous outcome: the run stands for what it fetched.
+                merge.profile.unfetched = merge.profile.planned - merge.profile.fetched
+                merge.profile.planned = merge.profile.fetched
         profiles = {market: merge.finish() for market, merge in merges.items()}
 
     now = utc_now_iso()
@@ -118,6 +130,7 @@ def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotif
             verify_error = str(error)
         base = {"market": market, "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market)))}
         checks[market] = evaluate_raw_checks(profile, base, verify_error, settings.check_max_404_share())
+        checks[market].append(evaluate_freshness_bound(profile, base, now, budget.bound_days))
         blocked = failed_blocking(checks[market], RAW_CHECK_SPECS)
         if blocked:
             pending[market].discard()
@@ -126,20 +139,76 @@ def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotif
         else:
             pending[market].publish()
         context.add_asset_metadata(
-            _metadata(plan, profile, config, published=not blocked, now=now,
-                      uri=raw_storage.uri(raw_partition_key(market))),
+            {**_metadata(plan, profile, config, published=not blocked, now=now,
+                         uri=raw_storage.uri(raw_partition_key(market))),
+             "freshness_bound_days": budget.bound_days,
+             "pairs_older_than_bound": profile.older_than(now, budget.bound_days),
+             "artists_not_fetched_cap": profile.unfetched},
             partition_key=market,
         )
-    context.log.info(_stats_line(stats, time.monotonic() - started))
-    yield MaterializeResult(metadata=_run_metadata(stats, time.monotonic() - started))
+    context.log.info(_stats_line(stats, time.monotonic() - started) + (" (stopped by the request cap)" if stopped else ""))
+    yield MaterializeResult(metadata={**_run_metadata(stats, time.monotonic() - started),
+                                      **budget.metadata(stopped)})
     yield from emit_check_results(context, checks)
 
 
+class _Budget:
+    """The run's share of TOPTRACKS_REQUESTS_PER_DAY (or of `max_requests`): reserved in the ledger before the
+    first request, settled to what was sent after the last one, failures included."""
+
+    def __init__(self, context, storage: RawStorage, cap: int | None, ledger: BudgetLedger | None,
+                 plan: RotationPlan | None, spent_before: int, bound_days: float):
+        self.context, self.storage, self.cap, self.ledger = context, storage, cap, ledger
+        self.plan, self.spent_before, self.bound_days = plan, spent_before, bound_days
+        self.entry = f"{context.run_id}/{context.retry_number}"
+        self.used = 0
+
+    @classmethod
+    def open(cls, context, storage: RawStorage, config: RefreshConfig, listed: list[str]) -> "_Budget":
+        per_day = settings.requests_per_day()
+        cap = config.max_requests or None
+        if per_day is None:
+            return cls(context, storage, cap, None, None, 0, settings.freshness_target_days())
+        plan = RotationPlan(artists=len(listed), markets=len(country_partitions.get_partition_keys()),
+                            budget=per_day, runs_per_day=86400 // ROLLING_INTERVAL_S,
+                            target_days=settings.freshness_target_days())
+        now = utc_now()
+        try:
+            ledger = BudgetLedger.load(storage)
+        except BudgetLedgerUnreadable as error:
+            raise Failure(description=str(error), allow_retries=False) from None
+        spent = ledger.spent_on(now.date())
+        left = max(0, per_day - spent)
+        cap = left if cap is None else min(cap, left)
+        ledger.reserve(f"{context.run_id}/{context.retry_number}", cap, now)
+        ledger.save(storage, now)
+        context.log.info(f"request budget: {spent} of {per_day} spent today (UTC {now.date()}); this run may send {cap}")
+        return cls(context, storage, cap, ledger, plan, spent, plan.bound_days)
+
+    def settle(self, used: int) -> None:
+        self.used = used
+        if self.ledger is not None:
+            now = utc_now()
+            self.ledger.settle(self.entry, used, now)
+            self.ledger.save(self.storage, now)
+
+    def metadata(self, stopped: bool) -> dict:
+        found = {"run_request_cap": self.cap if self.cap is not None else -1,
+                 "run_stopped_by_cap": stopped, "freshness_bound_days": self.bound_days}
+        if self.plan is not None:
+            found.update({**self.plan.metadata(), "budget_spent_today_before": self.spent_before,
+                          "budget_spent_today_after": self.spent_before + self.used,
+                          "budget_checked_at": iso(utc_now())})
+        return found
+
+
 def _fetch(context: AssetExecutionContext, spotify: SpotifyResource, pairs: list[tuple[str, str]],
-           merges: dict[str, PartitionMerge]) -> dict:
+           merges: dict[str, PartitionMerge], budget: _Budget) -> tuple[dict, bool]:
+    """(client stats, stopped by the request cap). Outcomes are pushed in order until the fetch ends."""
     total = len(pairs)
     step = max(1, total // 10)
-    with spotify.get_client(log=context.log.warning) as client:
+    stopped = False
+    with spotify.get_client(log=context.log.warning, max_requests=budget.cap) as client:
         try:
             if pairs:
                 client.check_credentials()
@@ -147,11 +216,16 @@ def _fetch(context: AssetExecutionContext, spotify: SpotifyResource, pairs: list
                 merges[outcome.market].push(outcome)
                 if done % step == 0 or done == total:
                     context.log.info(f"{done}/{total} (artist, market) pairs fetched ({100 * done // total} %)")
+        except SpotifyBudgetExhausted as error:
+            stopped = True
+            context.log.warning(f"{error}: the outcomes fetched so far are merged, the rest keep their lists")
         except FATAL_ERRORS + (SpotifyUnreachable,) as error:
             raise Failure(description=str(error), allow_retries=False) from None
         except SpotifyError as error:
             raise Failure(description=str(error)) from None
-        return client.stats.snapshot()
+        finally:
+            budget.settle(max(client.allowance.used, int(client.stats.snapshot()["requests"])))
+        return client.stats.snapshot(), stopped
 
 
 def _metadata(plan, profile, config: RefreshConfig, published: bool, now: str, uri: str) -> dict:

@@ -21,6 +21,7 @@ SHARE_404 = "raw_top_tracks_404_share"
 AT_MOST_10 = "raw_top_tracks_at_most_10"
 NO_DUPLICATES = "raw_top_tracks_no_duplicate_tracks"
 FIELDS_VALID = "raw_top_tracks_fields_valid"
+FRESHNESS_BOUND = "raw_top_tracks_freshness_bound"
 
 
 def _spec(name: str, description: str, blocking: bool = False):
@@ -44,6 +45,12 @@ RAW_CHECK_SPECS = [
         "ERROR: every fetched track has the required TrackObject fields with the right types: id (base62, 22 "
         "characters), name, popularity (integer 0..100), type \"track\", uri, duration_ms, explicit, is_local, "
         "track_number, disc_number, artists, album, external_urls, preview_url (string or null)."
+    )),
+    _spec(FRESHNESS_BOUND, (
+        "WARN: no stored list is older than the freshness bound: with TOPTRACKS_REQUESTS_PER_DAY, the rotation "
+        "the budget keeps (ceil(artists x markets / budget) days); without it, TOPTRACKS_FRESHNESS_TARGET_DAYS. "
+        "Lists the oldest pairs when broken. Artists with no list yet are counted, not failed: they are always "
+        "refreshed first. Cost: none (ages come from the merge)."
     )),
 ]
 
@@ -124,4 +131,18 @@ def _share_404(profile: MarketProfile, base: dict, threshold: float) -> CheckOut
             f"{profile.market}, above {100 * threshold:.0f} %: the artists table may hold stale or wrong ids"),
         {**base, "outcomes": profile.outcomes, "artists_not_found_404": profile.not_found,
          "share_404_pct": round(100 * share, 2), "threshold_pct": round(100 * threshold, 2)},
+    )
+
+
+def evaluate_freshness_bound(profile: MarketProfile, base: dict, now: str, bound_days: float) -> CheckOutcome:
+    older = profile.older_than(now, bound_days)
+    ages = profile.ages_days(now)
+    return CheckOutcome(
+        FRESHNESS_BOUND, older == 0, AssetCheckSeverity.WARN,
+        None if not older else (
+            f"{older} stored list(s) in {profile.market} are older than the bound of {bound_days:g} day(s) "
+            f"(oldest {ages['oldest']} d): the budget does not keep up with the catalogue, or refreshes did not run"),
+        {**base, "freshness_bound_days": bound_days, "pairs_older_than_bound": older,
+         "list_age_oldest_days": ages["oldest"], "artists_without_list": len(profile.pending_new),
+         "oldest_pairs": MetadataValue.json(profile.oldest(now))},
     )

@@ -61,6 +61,10 @@ class SpotifyUnreachable(SpotifyRequestFailed):
     """The token endpoint could not be reached at all after the client's own retries (refused, DNS, timeout)."""
 
 
+class SpotifyBudgetExhausted(SpotifyError):
+    """The run's request allowance is spent: no further request was sent (see `RequestAllowance`)."""
+
+
 class _Stopped(SpotifyError):
     """Raised in a worker once another worker's error has doomed the fetch; never surfaces from iter_top_tracks."""
 
@@ -256,17 +260,40 @@ class RequestPacer:
                 self.rate = min(self.max_rate, self.rate + max(0.05, self.max_rate / 100))
 
 
+class RequestAllowance:
+    """A hard cap on the HTTP requests one client sends to the API (TOPTRACKS_REQUESTS_PER_DAY's per-run share).
+
+    Every request takes a unit *before* it is sent: first tries, urllib3's retries of 5xx and resets, repeats
+    after 401, 429 and malformed bodies. When none is left the request is not sent and SpotifyBudgetExhausted is
+    raised, which ends the fetch; outcomes already delivered stay valid. `used` is therefore an upper bound of
+    what reached the server (a unit taken for a request that then failed to connect still counts).
+    Cost: one lock acquisition per request.
+    """
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self.limit is not None and self.used >= self.limit:
+                raise SpotifyBudgetExhausted(f"request allowance of {self.limit} spent: no further request sent")
+            self.used += 1
+
+
 class _PacedRetry(Retry):
     """urllib3's Retry (it decides what to retry, counts tries and computes the exponential backoff with
     jitter) whose sleep also takes a pacer slot, so transport retries respect the shared rate and 429 pauses,
     and stop at once when the fetch is doomed. Only `sleep` and `new` are overridden."""
 
     pacer: RequestPacer | None = None
+    allowance: RequestAllowance | None = None
     current_stop: Callable[[], threading.Event] = staticmethod(lambda: _NEVER)
 
     def new(self, **kw):  # type: ignore[override]
         retry = super().new(**kw)
-        retry.pacer, retry.current_stop = self.pacer, self.current_stop
+        retry.pacer, retry.allowance, retry.current_stop = self.pacer, self.allowance, self.current_stop
         return retry
 
     def sleep(self, response=None) -> None:  # type: ignore[override]
@@ -276,6 +303,8 @@ class _PacedRetry(Retry):
             raise _Stopped("fetch stopped after an error in another worker")
         if self.pacer is not None:
             self.pacer.wait(stop)
+        if self.allowance is not None:
+            self.allowance.take()  # the retry about to be sent
 
 
 class _Run:
@@ -324,6 +353,7 @@ class SpotifyClient:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 20.0,
         rate_headroom: float = 0.03,
+        max_requests: int | None = None,
         log: Callable[[str], None] | None = None,
     ):
         self.api_base_url = api_base_url.rstrip("/")
@@ -336,6 +366,7 @@ class SpotifyClient:
         self._log = log or (lambda message: None)
         self.stats = FetchStats()
         self.pacer = RequestPacer(requests_per_second, headroom=rate_headroom)
+        self.allowance = RequestAllowance(max_requests)
         self._worker = threading.local()  # .stop: the stop Event of the fetch the current thread works for
 
         retry_options = dict(
@@ -349,7 +380,7 @@ class SpotifyClient:
             raise_on_status=False,
         )
         api_retry = _PacedRetry(**retry_options)
-        api_retry.pacer, api_retry.current_stop = self.pacer, self._current_stop
+        api_retry.pacer, api_retry.allowance, api_retry.current_stop = self.pacer, self.allowance, self._current_stop
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.concurrency + 2, max_retries=api_retry)
         self._session.mount("http://", adapter)
@@ -393,6 +424,7 @@ class SpotifyClient:
             waited, epoch = self.pacer.wait(stop)
             self.stats.add(paused_s=waited)
             token = self._tokens.get()
+            self.allowance.take()
             requested_at = utc_now_iso()
             try:
                 response = self._session.get(

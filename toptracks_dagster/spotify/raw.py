@@ -15,6 +15,7 @@ blocking checks: the merge is written aside (`RawStorage.write_aside`), verified
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field, fields
 from typing import IO, Iterable, Iterator
@@ -203,7 +204,8 @@ class MarketProfile:
     """
 
     market: str
-    planned: int = 0  # artists this run set out to fetch
+    planned: int = 0  # artists this run set out to fetch (after the fetch: the ones it fetched)
+    unfetched: int = 0  # planned artists a request cap left unfetched (they keep their previous outcome)
     outcomes: int = 0
     with_tracks: int = 0
     not_found: int = 0
@@ -226,6 +228,7 @@ class MarketProfile:
     invalid_tracks: _Sample = field(default_factory=_Sample)
     problems_by_field: dict = field(default_factory=dict)
     requested_at: list[str] = field(default_factory=list)
+    oldest_heap: list = field(default_factory=list)  # the SAMPLE_SIZE oldest lists: (-epoch s, artist_id, requested_at)
     top_preview: list[dict] = field(default_factory=list)
 
     @property
@@ -243,9 +246,26 @@ class MarketProfile:
         return {"oldest": round(ages[0], 3), "median": round(ages[len(ages) // 2], 3),
                 "p95": round(ages[int(len(ages) * 0.05)], 3)}
 
+    def older_than(self, now_iso: str, days: float) -> int:
+        """Stored lists older than `days` (the freshness bound)."""
+        cutoff = parse_iso(now_iso).timestamp() - days * 86400
+        return sum(1 for t in self.requested_at if t and parse_iso(t).timestamp() < cutoff)
+
+    def oldest(self, now_iso: str) -> list[dict]:
+        """The oldest stored lists, oldest first, with their age in days."""
+        now = parse_iso(now_iso).timestamp()
+        return [{"artist_id": a, "market": self.market, "requested_at": t, "age_days": round((now + e) / 86400, 3)}
+                for e, a, t in sorted(self.oldest_heap, reverse=True)]
+
     def _count(self, outcome: TopTracksOutcome) -> None:
         self.outcomes += 1
         self.requested_at.append(outcome.requested_at)
+        if outcome.requested_at:
+            entry = (-parse_iso(outcome.requested_at).timestamp(), outcome.artist_id, outcome.requested_at)
+            if len(self.oldest_heap) < SAMPLE_SIZE:
+                heapq.heappush(self.oldest_heap, entry)
+            elif entry > self.oldest_heap[0]:
+                heapq.heapreplace(self.oldest_heap, entry)
         if outcome.status == 404:
             self.not_found += 1
             return

@@ -4,8 +4,11 @@ Cost per market of one run (Spotify requests; artists removed from the list neve
   full      every listed artist                                   = artists
   changed   artists the market's partition does not have yet      = new artists
   stalest   new artists first, then the oldest stored lists       = limit
+            (or, with `pairs`, the `pairs` stalest (artist, market) pairs over all the run's markets together)
   artists   the given ids (each must be in the artist list)       = len(artist_ids)
 Every mode drops the outcomes of artists that left the artist list, and keeps the other artists' outcomes.
+`max_requests` (and, with TOPTRACKS_REQUESTS_PER_DAY, what is left of the day's budget) caps the HTTP requests of
+a run, retries included: a fetch stopped by the cap publishes the outcomes it got and keeps the rest as they were.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ class RefreshConfig(Config):
 
     mode: RefreshMode = Field(default="full", description="full | changed | stalest | artists (see the asset description)")
     limit: int = Field(default=0, ge=0, description="stalest: (artist, market) pairs to refresh per market")
+    pairs: int = Field(default=0, ge=0, description=(
+        "stalest: (artist, market) pairs to refresh over all markets of the run together, stalest first "
+        "(new artists first); used instead of `limit` when above 0"))
+    max_requests: int = Field(default=0, ge=0, description=(
+        "Hard cap on this run's Spotify requests, retries and 404s included; 0 = none (the daily budget "
+        "TOPTRACKS_REQUESTS_PER_DAY still applies)"))
     artist_ids: list[str] = Field(default_factory=list, description="artists: the ids to refresh")
     reason: str = Field(default="", description="Why this refresh ran; recorded in the metadata")
 
@@ -58,7 +67,7 @@ def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: d
         fetch = new
     elif config.mode == "stalest":
         if config.limit <= 0:
-            raise RefreshPlanError("mode 'stalest' needs a limit above 0")
+            raise RefreshPlanError("mode 'stalest' needs a limit (per market) or pairs (over all markets) above 0")
         chosen = new[: config.limit]
         room = config.limit - len(chosen)
         if room > 0:
@@ -78,6 +87,45 @@ def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: d
     else:  # pydantic refuses other values; kept for type checkers
         raise RefreshPlanError(f"unknown mode {config.mode!r}")
     return MarketPlan(market=market, fetch=fetch, new=len(new), removed=removed)
+
+
+def plan_stalest_pairs(config: RefreshConfig, markets: list[str], listed: list[str],
+                       stored: dict[str, dict[str, str] | None]) -> list[MarketPlan]:
+    """The `config.pairs` stalest (artist, market) pairs over all `markets`: pairs without a stored list first (an
+    artist with no list is always the stalest), in artist-id order, then the oldest `requested_at`; ties go by
+    artist id, then market order. `stored`: market -> artist -> requested_at (None: the market has no partition).
+    Cost: one pass over artists x markets (ids and timestamps only) and a heap of `pairs`."""
+    lists = {m: stored.get(m) or {} for m in markets}
+    listed_set = set(listed)
+    order = {m: i for i, m in enumerate(markets)}
+    chosen: list[tuple[str, str]] = []
+    for artist_id in listed:
+        for market in markets:
+            if artist_id not in lists[market]:
+                if len(chosen) == config.pairs:
+                    break
+                chosen.append((artist_id, market))
+    room = config.pairs - len(chosen)
+    if room > 0:
+        chosen += [(a, m) for _, a, _, m in heapq.nsmallest(
+            room, ((lists[m][a], a, order[m], m) for a in listed for m in markets if a in lists[m]))]
+    plans = []
+    for market in markets:
+        new = sum(1 for a in listed if a not in lists[market])
+        removed = sum(1 for a in lists[market] if a not in listed_set)
+        plans.append(MarketPlan(market=market, fetch=sorted(a for a, m in chosen if m == market), new=new,
+                                removed=removed))
+    return plans
+
+
+def plan_run(config: RefreshConfig, markets: list[str], listed: list[str],
+             stored: dict[str, dict[str, str] | None]) -> list[MarketPlan]:
+    """One plan per market. A market without a partition is fetched in full, except by a `pairs` plan (whose
+    pairs without a list come first anyway)."""
+    if config.mode == "stalest" and config.pairs > 0:
+        return plan_stalest_pairs(config, markets, listed, stored)
+    return [plan_market(config if stored.get(m) is not None else RefreshConfig(mode="full", reason=config.reason),
+                        m, listed, stored.get(m)) for m in markets]
 
 
 def fetch_order(plans: list[MarketPlan]) -> list[tuple[str, str]]:

@@ -30,7 +30,8 @@ class SpotifyResource(ConfigurableResource):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 20.0
 
-    def get_client(self, log: Callable[[str], None] | None = None) -> SpotifyClient:
+    def get_client(self, log: Callable[[str], None] | None = None, max_requests: int | None = None) -> SpotifyClient:
+        """`max_requests`: hard cap on the client's API requests, retries included (None: none)."""
         return SpotifyClient(
             client_id=self.client_id,
             client_secret=self.client_secret,
@@ -42,5 +43,6 @@ class SpotifyResource(ConfigurableResource):
             max_attempts=self.max_attempts,
             connect_timeout_s=self.connect_timeout_s,
             read_timeout_s=self.read_timeout_s,
+            max_requests=max_requests,
             log=log,
         )
