@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                      help=f"consent to deleting more than TOPTRACKS_MAX_DELETE_SHARE of a market (run tag "
                           f"{config.ALLOW_MASS_DELETE_TAG})")
     run.add_argument("--log-level", default="WARNING", help="Dagster console log level (the instance keeps every event)")
-    dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the embedded stack when local)")
+    dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the local stack when local)")
     dev.add_argument("--port", type=int, default=3000)
     add_query_commands(commands)
     stack = commands.add_parser("stack", help="the local stack in the background: start, status, stop, reset")
@@ -82,9 +82,9 @@ def _use_local_stack(out=None) -> None:
     Dagster processes it starts. An explicit DYNAMODB_ENDPOINT_URL means other services: nothing is started."""
     if config.deployment() != config.LOCAL:
         return
-    if os.environ.get("TOPTRACKS_LOCAL_STACK") or not config.env("DYNAMODB_ENDPOINT_URL"):
-        from toptracks_dagster.dev import stack
+    from toptracks_dagster.dev import stack
 
+    if stack.wanted():
         out = out or sys.stdout
         started: list[str] = []
         try:

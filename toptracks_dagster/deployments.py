@@ -51,10 +51,10 @@ def _local_resources() -> dict:
     # is not running, and its addresses and per-stack credentials exported for this process and its children
     # (run workers), where the EnvVars resolve. An explicit DYNAMODB_ENDPOINT_URL (not one the stack exported)
     # means someone runs their own services: then the variables are used as they are.
-    if os.environ.get("TOPTRACKS_LOCAL_STACK") or not config.env("DYNAMODB_ENDPOINT_URL"):
-        from toptracks_dagster.dev.stack import ensure_local_stack
+    from toptracks_dagster.dev import stack
 
-        os.environ.update(ensure_local_stack())
+    if stack.wanted():
+        os.environ.update(stack.ensure_local_stack())
     host = "127.0.0.1"
     return {
         "artists_db": SQLiteArtistsDatabase(path=config.env("TOPTRACKS_LOCAL_ARTISTS_DB", config.DEFAULT_LOCAL_ARTISTS_DB)),

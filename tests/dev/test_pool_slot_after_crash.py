@@ -4,6 +4,7 @@ Real processes: `dagster dev` (webserver, daemon, code server) on a temporary DA
 dagster_home/dagster.yaml (pool limit 1, run monitoring with free_slots_after_run_end_seconds). The run worker of
 the first run, and its step processes, are killed with SIGKILL while its Spotify step holds the slot; the code
 server reports the run failed, the daemon's run monitoring frees the slot, and the next run's Spotify step runs.
+Without `run_monitoring` in dagster.yaml the second run waits for the slot until the test times out (tried).
 """
 
 from __future__ import annotations

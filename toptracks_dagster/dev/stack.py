@@ -255,6 +255,12 @@ def _healthy(state: dict | None) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ start / stop
+def wanted() -> bool:
+    """Whether the `local` deployment should use this stack: yes, unless DYNAMODB_ENDPOINT_URL was set by someone
+    other than the stack (then they run their own services, and the variables are used as they are)."""
+    return bool(os.environ.get("TOPTRACKS_LOCAL_STACK")) or not config.env("DYNAMODB_ENDPOINT_URL")
+
+
 def ensure_local_stack(announce=None) -> dict[str, str]:
     """The running stack's variables; starts the stack first when it is not running or not healthy."""
     directory = local_dir()
