@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tests.production.aws import EmulatedAws
-from tests.production.workarounds import S3RawStorageResolvable
-from toptracks_dagster import deployments
 
 
 @pytest.fixture(scope="session")
@@ -14,13 +12,6 @@ def emulated_aws():
     aws = EmulatedAws()
     yield aws
     aws.stop()
-
-
-@pytest.fixture
-def s3_raw_storage_fixed(monkeypatch):
-    """build_resources("prod") takes its own S3 raw storage path, with the `s3` annotation evaluated
-    (see tests/production/workarounds.py)."""
-    monkeypatch.setattr(deployments, "S3RawStorage", S3RawStorageResolvable)
 
 
 @pytest.fixture

@@ -146,7 +146,7 @@ def fresh_definitions_module():
 
 
 @pytest.fixture
-def production_instance(tmp_path, monkeypatch, postgres_database, ecs_account, s3_raw_storage_fixed,
+def production_instance(tmp_path, monkeypatch, postgres_database, ecs_account,
                         fresh_definitions_module):
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 from dagster import DagsterEventType, RetryPolicy, materialize
-from pydantic import ValidationError
 
 from tests.conftest import TEST_CLIENT_ID
 from tests.helpers import ALL_ASSETS, expected_keys, scan_table
@@ -25,14 +24,11 @@ from tests.production.aws import (
     render_policy,
     without_action,
 )
-from toptracks_dagster.artists_db.checks import artist_ids_checks
 from toptracks_dagster.deployments import build_resources
-from toptracks_dagster.dynamodb.checks import top_tracks_checks
 from toptracks_dagster.dynamodb.table import GSI_NAME
 from toptracks_dagster.raw_storage.resources import S3RawStorage
-from toptracks_dagster.spotify.checks import raw_top_tracks_checks
 
-CHECKS = [*artist_ids_checks, *raw_top_tracks_checks, *top_tracks_checks]
+CHECKS: list = []  # every check of the refresh runs inside its asset's step
 MARKET = "US"
 
 # Policy actions a run needs that this emulation cannot exercise, and why each stays in the policy.
@@ -46,6 +42,9 @@ NOT_EXERCISED_HERE = {
     ("ComputeLogUploads", "s3:PutObject"),
     # RDS IAM authentication is checked by RDS at connect time (MYSQL_IAM_AUTH=true); MariaDB here uses a password.
     ("ArtistsDatabaseIamAuth", "rds-db:connect"),
+    # A first load into an empty market reads no artist by key (new artists are read back with BatchGetItem);
+    # later loads Query the table for changed and removed artists and for the check's rotating sample.
+    ("TopTracksTable", "dynamodb:Query"),
 }
 
 
@@ -65,7 +64,7 @@ def rendered_policy(table: str, bucket: str) -> dict:
 
 
 @pytest.fixture
-def account(emulated_aws, monkeypatch, artists_table, emulator, client_secret, some_artist_ids, s3_raw_storage_fixed,
+def account(emulated_aws, monkeypatch, artists_table, emulator, client_secret, some_artist_ids,
             no_retry_delays):
     """A fresh table (from the template) and raw bucket; the config contract pointing at them, MariaDB's artists
     table and the Spotify emulator."""
@@ -173,8 +172,8 @@ def test_removing_any_exercised_action_makes_the_run_fail_with_access_denied(emu
     policy = without_action(rendered_policy(account["table"], account["bucket"]), sid, action)
     # One attempt per step: a denied action fails every retry the same way, and the retries only add time.
     monkeypatch.setattr(RetryPolicy, "max_retries", property(lambda self: 0))
-    # The table's checks are the only ones that read DynamoDB (BatchGetItem); the others only add time here.
-    result, requests = run_with_policy(emulated_aws, monkeypatch, policy, checks=top_tracks_checks)
+    # The table's checks (inside the top_tracks step) are what read DynamoDB with BatchGetItem.
+    result, requests = run_with_policy(emulated_aws, monkeypatch, policy)
     assert action in {a for a, _ in requests}, f"{action} was never requested"
 
     text = failure_text(result)
@@ -199,20 +198,13 @@ def test_the_exceptions_are_all_in_the_policy():
     assert NOT_EXERCISED_HERE <= set(policy_actions(rendered_policy("t", "b")))
 
 
-@pytest.mark.xfail(strict=True, raises=ValidationError,
-                   reason="raw_storage/resources.py: `from __future__ import annotations` hides ResourceDependency "
-                          "from Dagster; S3RawStorage cannot be built until that module evaluates the annotation")
 def test_prod_resources_build_s3_raw_storage(monkeypatch):
-    # Strict: when the package is fixed this passes, the xfail turns into a failure, and
-    # tests/production/workarounds.py can go.
     for name, value in {"DAGSTER_DEPLOYMENT": "prod", "MYSQL_HOST": "db.example.internal", "MYSQL_USER": "etl",
                         "TOPTRACKS_RAW_S3_BUCKET": "toptracks-raw"}.items():
         monkeypatch.setenv(name, value)
     assert isinstance(build_resources("prod")["raw_storage"], S3RawStorage)
 
 
-@pytest.mark.xfail(strict=True, reason="config.create_table() (TOPTRACKS_CREATE_TABLE) is not read by the loader yet: "
-                                       "with the table missing, ensure_table still tries CreateTable")
 def test_without_the_table_a_production_run_stops_with_an_error_naming_the_template(emulated_aws, monkeypatch,
                                                                                     account):
     # TOPTRACKS_CREATE_TABLE=false (set by `account`) and a table name no stack created.

@@ -29,6 +29,7 @@ from toptracks_dagster.dynamodb.table import (
     DynamoDBUnavailable,
     DynamoDBWriteIncomplete,
     ItemTooLarge,
+    TableMissing,
     TableSchemaMismatch,
     ensure_table,
 )
@@ -87,8 +88,9 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
     client = dynamodb.get_client()
     endpoint = dynamodb.describe_endpoint()
     try:
-        table_status = ensure_table(client, dynamodb.table_name, endpoint)
-    except (DynamoDBUnavailable, TableSchemaMismatch) as error:
+        table_status = ensure_table(client, dynamodb.table_name, endpoint, create=settings.create_table(),
+                                    template=settings.TABLE_TEMPLATE)
+    except (DynamoDBUnavailable, TableSchemaMismatch, TableMissing) as error:
         raise Failure(description=str(error), allow_retries=False) from None
     if table_status == "created":
         context.log.info(f"created table {dynamodb.table_name} (on-demand) at {endpoint}")

@@ -85,10 +85,15 @@ def endpoint_of(client) -> str:
     return getattr(getattr(client, "meta", None), "endpoint_url", None) or "the DynamoDB endpoint"
 
 
-def ensure_table(client, table_name: str, endpoint: str) -> str:
+class TableMissing(RuntimeError):
+    """The table does not exist and this deployment may not create it."""
+
+
+def ensure_table(client, table_name: str, endpoint: str, create: bool = True, template: str = "") -> str:
     """Create the table (on-demand, with the GSI) if it is missing and wait until it and the GSI are active.
 
-    Returns "created" or "exists". Fails when the table exists with another key schema.
+    Returns "created" or "exists". Fails when the table exists with another key schema, and with TableMissing
+    when it is missing and `create` is false (production: the table comes from `template`).
     """
     try:
         description = client.describe_table(TableName=table_name)["Table"]
@@ -101,6 +106,11 @@ def ensure_table(client, table_name: str, endpoint: str) -> str:
         if not _is_active(description):  # another run is creating it right now
             _wait_active(client, table_name)
         return "exists"
+    if not create:
+        raise TableMissing(
+            f"table {table_name} does not exist at {endpoint} and TOPTRACKS_CREATE_TABLE=false: create it from "
+            f"{template or 'the CloudFormation template'} (or set TOPTRACKS_TABLE to the table you created)"
+        )
     try:
         client.create_table(
             TableName=table_name,

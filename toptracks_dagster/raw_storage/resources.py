@@ -5,7 +5,8 @@ Writers are atomic (a reader never sees a half-written object) and streamed (not
 published under its key, so the previous version stays current until the new one has passed.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Dagster must see `ResourceDependency[S3Resource]` as a type, not a
+# string, or S3RawStorage(s3=S3Resource(...)) fails validation.
 
 import os
 import re
