@@ -69,8 +69,9 @@ def simulate(artists: int, markets: int, budget: int, days: int, error_share: fl
             oldest = min((min(e.values()) for e in epoch.values() if e), default=None)
             if oldest is not None and all(len(epoch[m]) == artists for m in chosen_markets):
                 worst_age_before_run = max(worst_age_before_run, (now.timestamp() - oldest) / 86400)
-            request = rolling_refresh(build_schedule_context(scheduled_execution_time=now,
-                                                             resources={"raw_storage": storage}))
+            request = rolling_refresh(
+                build_schedule_context(scheduled_execution_time=now, resources={"raw_storage": storage})
+            )
             if isinstance(request, SkipReason):
                 skipped += 1
                 continue
@@ -85,7 +86,7 @@ def simulate(artists: int, markets: int, budget: int, days: int, error_share: fl
             stamp = iso(now)
             try:
                 for artist_id, market in fetch_order(plans):
-                    for attempt in range(MAX_ATTEMPTS):
+                    for _attempt in range(MAX_ATTEMPTS):
                         allowance.take()
                         if not (error_share and rng.random() < error_share):
                             break  # 200, or 404 for a missing artist: an outcome either way
@@ -103,25 +104,35 @@ def simulate(artists: int, markets: int, budget: int, days: int, error_share: fl
         end = START + timedelta(days=day + 1) - timedelta(seconds=1)
         ages = sorted((end.timestamp() - t) / 86400 for e in epoch.values() for t in e.values())
         without = artists * markets - len(ages)
-        per_day.append({
-            "day": day + 1,
-            "requests": requests_today,
-            "ledger_spent": BudgetLedger.load(storage).spent_on((START + timedelta(days=day)).date()),
-            "pairs_refreshed": pairs_today,
-            "runs_stopped_by_cap": stopped_runs,
-            "ticks_skipped": skipped,
-            "pairs_without_list": without,
-            "age_median_days": round(ages[len(ages) // 2], 3) if ages else None,
-            "age_p95_days": round(ages[int(len(ages) * 0.95)], 3) if ages else None,
-            "age_oldest_days": round(ages[-1], 3) if ages else None,
-            "oldest_before_any_run_days": round(worst_age_before_run, 3),
-            "pairs_older_than_bound": sum(1 for a in ages if a > plan.bound_days) if ages else 0,
-            "missing_404_artists": len(missing),
-        })
+        per_day.append(
+            {
+                "day": day + 1,
+                "requests": requests_today,
+                "ledger_spent": BudgetLedger.load(storage).spent_on((START + timedelta(days=day)).date()),
+                "pairs_refreshed": pairs_today,
+                "runs_stopped_by_cap": stopped_runs,
+                "ticks_skipped": skipped,
+                "pairs_without_list": without,
+                "age_median_days": round(ages[len(ages) // 2], 3) if ages else None,
+                "age_p95_days": round(ages[int(len(ages) * 0.95)], 3) if ages else None,
+                "age_oldest_days": round(ages[-1], 3) if ages else None,
+                "oldest_before_any_run_days": round(worst_age_before_run, 3),
+                "pairs_older_than_bound": sum(1 for a in ages if a > plan.bound_days) if ages else 0,
+                "missing_404_artists": len(missing),
+            }
+        )
         print(json.dumps(per_day[-1]), flush=True)
-    return {"artists": artists, "markets": markets, "budget": budget, "days": days, "error_5xx_share": error_share,
-            "bound_days": plan.bound_days, "rotation_days": plan.rotation_days, "per_day": per_day,
-            "wall_s": round(time.monotonic() - started, 1)}
+    return {
+        "artists": artists,
+        "markets": markets,
+        "budget": budget,
+        "days": days,
+        "error_5xx_share": error_share,
+        "bound_days": plan.bound_days,
+        "rotation_days": plan.rotation_days,
+        "per_day": per_day,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
 
 
 def plot(result: dict, path: str) -> None:
@@ -132,18 +143,25 @@ def plot(result: dict, path: str) -> None:
 
     days = [d["day"] for d in result["per_day"]]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
-    for key, label in (("oldest_before_any_run_days", "oldest pair, worst hour of the day"),
-                       ("age_oldest_days", "oldest (end of day)"), ("age_p95_days", "p95 (end of day)"),
-                       ("age_median_days", "median (end of day)")):
+    for key, label in (
+        ("oldest_before_any_run_days", "oldest pair, worst hour of the day"),
+        ("age_oldest_days", "oldest (end of day)"),
+        ("age_p95_days", "p95 (end of day)"),
+        ("age_median_days", "median (end of day)"),
+    ):
         # The worst hour is measured once every pair has a list (before that, the pairs without one go first).
-        values = [float("nan") if d[key] is None or (key.startswith("oldest_before") and d["pairs_without_list"])
-                  else d[key] for d in result["per_day"]]
+        values = [
+            float("nan") if d[key] is None or (key.startswith("oldest_before") and d["pairs_without_list"]) else d[key]
+            for d in result["per_day"]
+        ]
         top.plot(days, values, marker=".", label=label)
     top.axhline(result["bound_days"], color="red", linestyle="--", label=f"stated bound ({result['bound_days']} d)")
     top.set_ylabel("list age (days)")
     top.legend(fontsize=8)
-    top.set_title(f"{result['artists']:,} artists x {result['markets']} markets, {result['budget']:,} requests/day, "
-                  f"5xx share {result['error_5xx_share']}")
+    top.set_title(
+        f"{result['artists']:,} artists x {result['markets']} markets, {result['budget']:,} requests/day, "
+        f"5xx share {result['error_5xx_share']}"
+    )
     bottom.bar(days, [d["requests"] for d in result["per_day"]], label="requests sent (retries, 404s included)")
     bottom.axhline(result["budget"], color="red", linestyle="--", label="budget")
     bottom.set_ylabel("requests per day")
@@ -164,14 +182,18 @@ def main() -> int:
     parser.add_argument("--json", help="write the per-day figures here")
     args = parser.parse_args()
     result = simulate(args.artists, args.markets, args.budget, args.days, args.error_5xx_share)
-    over = [d["day"] for d in result["per_day"] if d["requests"] > result["budget"] or d["ledger_spent"] > result["budget"]]
+    over = [
+        d["day"] for d in result["per_day"] if d["requests"] > result["budget"] or d["ledger_spent"] > result["budget"]
+    ]
     first_full = next((d["day"] for d in result["per_day"] if d["pairs_without_list"] == 0), None)
     after = [d for d in result["per_day"] if first_full is not None and d["day"] > first_full]
     worst = max((d["oldest_before_any_run_days"] for d in after), default=None)
-    print(f"days over budget: {over or 'none'}; every pair has a list from day {first_full}; oldest pair after the "
-          f"first rotation: {worst} d (bound {result['bound_days']} d); "
-          f"median requests/day {statistics.median(d['requests'] for d in result['per_day'])}; "
-          f"wall {result['wall_s']} s")
+    print(
+        f"days over budget: {over or 'none'}; every pair has a list from day {first_full}; oldest pair after the "
+        f"first rotation: {worst} d (bound {result['bound_days']} d); "
+        f"median requests/day {statistics.median(d['requests'] for d in result['per_day'])}; "
+        f"wall {result['wall_s']} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.png:

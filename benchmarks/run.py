@@ -60,8 +60,12 @@ from toptracks_dagster.dynamodb.items import build_item, serialize_item  # noqa:
 from toptracks_dagster.dynamodb.table import BATCH_SIZE, ensure_table  # noqa: E402
 
 CLIENT_ID = "toptracks-benchmark"
-MYSQL = {"host": os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_MYSQL_PORT", "3306")),
-         "user": os.environ.get("TEST_MYSQL_USER", "root"), "password": os.environ.get("TEST_MYSQL_PASSWORD", "")}
+MYSQL = {
+    "host": os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("TEST_MYSQL_PORT", "3306")),
+    "user": os.environ.get("TEST_MYSQL_USER", "root"),
+    "password": os.environ.get("TEST_MYSQL_PASSWORD", ""),
+}
 MATCH_RAW_CHECK = "top_tracks_match_raw"  # its metadata carries the verification's reads (shared with round-trip)
 SENSOR = "artists_changed_sensor"
 
@@ -74,9 +78,25 @@ class EmulatorProcess:
     def __init__(self, secret: str, latency_ms: float, seed: int):
         env = {**os.environ, "BENCH_SPOTIFY_SECRET": secret}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "toptracks_dagster.dev.spotify_emulator", "--port", "0", "--client-id", CLIENT_ID,
-             "--client-secret-env", "BENCH_SPOTIFY_SECRET", "--latency-ms", str(latency_ms), "--seed", str(seed)],
-            env=env, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "toptracks_dagster.dev.spotify_emulator",
+                "--port",
+                "0",
+                "--client-id",
+                CLIENT_ID,
+                "--client-secret-env",
+                "BENCH_SPOTIFY_SECRET",
+                "--latency-ms",
+                str(latency_ms),
+                "--seed",
+                str(seed),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.process.stdout.readline()
         self.root = line.strip().rsplit(" ", 1)[-1]
         self.base_url, self.token_url = f"{self.root}/v1", f"{self.root}/api/token"
@@ -101,32 +121,41 @@ class EmulatorProcess:
 
 
 # ------------------------------------------------------------------------------------------------ baseline
-def baseline_loop(database: str, emulator: EmulatorProcess, secret: str, endpoint: str, table: str,
-                      markets: list[str]) -> dict:
+def baseline_loop(
+    database: str, emulator: EmulatorProcess, secret: str, endpoint: str, table: str, markets: list[str]
+) -> dict:
     """The baseline script's loop: sequential GET per artist per market, one put_item per track, one token.
 
     Fixed only so it does the same work: the artist list is read once (not inside the country loop), the market
     actually sent is the loop's, and a 404 is skipped instead of crashing on raw['tracks'].
     """
     dynamodb = boto3.resource("dynamodb", endpoint_url=endpoint, region_name=LOCAL_REGION, **LOCAL_CREDENTIALS)
-    dynamodb.create_table(TableName=table, KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"},
-                                                      {"AttributeName": "id", "KeyType": "RANGE"}],
-                          AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
-                                                {"AttributeName": "id", "AttributeType": "S"}],
-                          BillingMode="PAY_PER_REQUEST").wait_until_exists()
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"}, {"AttributeName": "id", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "artist_id", "AttributeType": "S"},
+            {"AttributeName": "id", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    ).wait_until_exists()
     started = time.monotonic()
     connection = pymysql.connect(database=database, **MYSQL)
     cursor = connection.cursor()
     cursor.execute("SELECT id FROM artists")
     artist_ids = [row[0] for row in cursor.fetchall()]
-    token = requests.post(emulator.token_url, data={"grant_type": "client_credentials"},
-                          auth=(CLIENT_ID, secret)).json()["access_token"]
+    token = requests.post(
+        emulator.token_url, data={"grant_type": "client_credentials"}, auth=(CLIENT_ID, secret)
+    ).json()["access_token"]
     target = dynamodb.Table(table)
     requests_sent = puts = 0
     for market in markets:
         for artist_id in artist_ids:
-            response = requests.get(f"{emulator.base_url}/artists/{artist_id}/top-tracks", params={"market": market},
-                                    headers={"Authorization": f"Bearer {token}"})
+            response = requests.get(
+                f"{emulator.base_url}/artists/{artist_id}/top-tracks",
+                params={"market": market},
+                headers={"Authorization": f"Bearer {token}"},
+            )
             requests_sent += 1
             raw = response.json()
             for track in raw.get("tracks", []):
@@ -137,14 +166,20 @@ def baseline_loop(database: str, emulator: EmulatorProcess, secret: str, endpoin
 
 
 # ------------------------------------------------------------------------------------------------ write floor
-def write_floor(catalog: Catalog, artist_ids: list[str], markets: list[str], endpoint: str, concurrency: int = 8) -> dict:
+def write_floor(
+    catalog: Catalog, artist_ids: list[str], markets: list[str], endpoint: str, concurrency: int = 8
+) -> dict:
     """The same items, plain parallel BatchWriteItem, no API and no diffing: what DynamoDB Local can absorb."""
     client = local_client(endpoint, max_pool_connections=concurrency * 2)
     table = f"floor_{uuid.uuid4().hex[:8]}"
     ensure_table(client, table, endpoint)
-    items = [serialize_item(build_item(a, m, rank, t, "2026-01-01T00:00:00Z"))
-             for m in markets for a in artist_ids for rank, t in enumerate(catalog.top_tracks(a, m) or [], 1)]
-    batches = [items[i:i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
+    items = [
+        serialize_item(build_item(a, m, rank, t, "2026-01-01T00:00:00Z"))
+        for m in markets
+        for a in artist_ids
+        for rank, t in enumerate(catalog.top_tracks(a, m) or [], 1)
+    ]
+    batches = [items[i : i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
 
     def send(batch: list[dict]) -> None:
         pending = {table: [{"PutRequest": {"Item": item}} for item in batch]}
@@ -179,11 +214,19 @@ def run_figures(home: Path, run_id: str) -> dict:
     Spotify numbers of the raw step; summed over the run's markets."""
     from dagster import DagsterEventType
 
-    figures = {"write_requests": 0, "read_requests_load": 0, "read_requests_checks": 0, "items": 0,
-               "items_written": 0, "items_deleted": 0, "markets": {}}
+    figures = {
+        "write_requests": 0,
+        "read_requests_load": 0,
+        "read_requests_checks": 0,
+        "items": 0,
+        "items_written": 0,
+        "items_deleted": 0,
+        "markets": {},
+    }
     with open_instance(home) as instance:
-        entries = instance.all_logs(run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION,
-                                                     DagsterEventType.ASSET_CHECK_EVALUATION})
+        entries = instance.all_logs(
+            run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
+        )
         for entry in entries:
             event = entry.dagster_event
             if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
@@ -192,10 +235,22 @@ def run_figures(home: Path, run_id: str) -> dict:
                 asset = materialization.asset_key.to_user_string()
                 if asset == "top_tracks" and materialization.partition:
                     market = figures["markets"].setdefault(materialization.partition, {})
-                    market.update({k: values.get(k, 0) for k in ("write_requests", "read_requests", "items_written",
-                                                                  "items_unchanged", "items_deleted", "artists_changed",
-                                                                  "artists_removed", "table_state",
-                                                                  "wall_time_s")})
+                    market.update(
+                        {
+                            k: values.get(k, 0)
+                            for k in (
+                                "write_requests",
+                                "read_requests",
+                                "items_written",
+                                "items_unchanged",
+                                "items_deleted",
+                                "artists_changed",
+                                "artists_removed",
+                                "table_state",
+                                "wall_time_s",
+                            )
+                        }
+                    )
                     market["items"] = values.get("dagster/row_count", 0)
                     figures["write_requests"] += values.get("write_requests", 0)
                     figures["read_requests_load"] += values.get("read_requests", 0)
@@ -216,16 +271,22 @@ def run_figures(home: Path, run_id: str) -> dict:
                         figures["markets"].setdefault(evaluation.partition, {})["check_reads"] = reads
         # Where the run's time went: each step's duration, and each market's load (the rest of the
         # top_tracks step is its checks' read-back).
-        figures["steps_s"] = {s.step_key: round(s.end_time - s.start_time, 2)
-                              for s in instance.get_run_step_stats(run_id) if s.start_time and s.end_time}
+        figures["steps_s"] = {
+            s.step_key: round(s.end_time - s.start_time, 2)
+            for s in instance.get_run_step_stats(run_id)
+            if s.start_time and s.end_time
+        }
     figures["read_requests"] = figures["read_requests_load"] + figures["read_requests_checks"]
     return figures
 
 
 def spotify_count(emulator: EmulatorProcess) -> dict:
     stats = emulator.stats()
-    return {"requests": stats["requests"], "token_requests": stats["token_requests"],
-            "429s": stats.get("rate_limited", 0)}
+    return {
+        "requests": stats["requests"],
+        "token_requests": stats["token_requests"],
+        "429s": stats.get("rate_limited", 0),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ `toptracks run`
@@ -233,16 +294,29 @@ def toptracks_run(env: dict, emulator: EmulatorProcess, home: Path, *extra: str)
     """`toptracks run` as a user types it, in a child process; figures from the emulator and the instance."""
     emulator.reset_stats()
     started = time.monotonic()
-    completed = subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", "run", *extra], cwd=REPO,
-                               env={**os.environ, **env, "DAGSTER_HOME": str(home)}, capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "-m", "toptracks_dagster.cli", "run", *extra],
+        cwd=REPO,
+        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
     wall = time.monotonic() - started
     if completed.returncode != 0:
-        raise RuntimeError(f"toptracks run {' '.join(extra)} failed ({completed.returncode}):\n"
-                           f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+        raise RuntimeError(
+            f"toptracks run {' '.join(extra)} failed ({completed.returncode}):\n"
+            f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+        )
     run_id = re.search(r"^run (\S+) recorded", completed.stdout, re.M).group(1)
     in_run = re.search(r"in ([0-9.]+) s in all", completed.stdout)
-    return {"wall_s": wall, "in_run_s": float(in_run.group(1)) if in_run else None, "run_id": run_id,
-            **spotify_count(emulator), **run_figures(home, run_id), "stdout": completed.stdout}
+    return {
+        "wall_s": wall,
+        "in_run_s": float(in_run.group(1)) if in_run else None,
+        "run_id": run_id,
+        **spotify_count(emulator),
+        **run_figures(home, run_id),
+        "stdout": completed.stdout,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ sensor path
@@ -255,13 +329,24 @@ class Daemon:
         self.home = home
         self.log = open(log_path, "w")
         # Its own session, so stopping it stops its code server and run workers too, and nothing else.
-        self.process = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                                        cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_sensor(self, name: str) -> None:
-        subprocess.run([sys.executable, "-m", "dagster", "sensor", "start", name, "-w", "workspace.yaml"], cwd=REPO,
-                       env=self.env, check=True, capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, "-m", "dagster", "sensor", "start", name, "-w", "workspace.yaml"],
+            cwd=REPO,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
 
     def wait_for_run(self, seen: set[str], timeout_s: float) -> str:
         """The first run the sensor launched that is not in `seen`, once it ended; raises if it did not succeed."""
@@ -278,16 +363,20 @@ class Daemon:
                     if run.status == DagsterRunStatus.SUCCESS:
                         return run.run_id
                     if run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
-                        raise RuntimeError(f"sensor run {run.run_id} ended {run.status.value}; see the instance at "
-                                           f"{self.home}")
+                        raise RuntimeError(
+                            f"sensor run {run.run_id} ended {run.status.value}; see the instance at {self.home}"
+                        )
             time.sleep(0.25)
         raise TimeoutError(f"no successful sensor run within {timeout_s:.0f} s; daemon log {self.log.name}")
 
     def run_times(self, run_id: str) -> dict:
         with open_instance(self.home) as instance:
             record = instance.get_run_record_by_id(run_id)
-            return {"created": record.create_timestamp.timestamp(), "started": record.start_time,
-                    "ended": record.end_time}
+            return {
+                "created": record.create_timestamp.timestamp(),
+                "started": record.start_time,
+                "ended": record.end_time,
+            }
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -308,9 +397,14 @@ def sensor_change(daemon: Daemon, emulator: EmulatorProcess, change, seen: set[s
     run_id = daemon.wait_for_run(seen, timeout_s)
     seen.add(run_id)
     times = daemon.run_times(run_id)
-    return {"wall_s": times["ended"] - changed_at, "launch_s": times["created"] - changed_at,
-            "in_run_s": times["ended"] - times["started"], "run_id": run_id,
-            **spotify_count(emulator), **run_figures(daemon.home, run_id)}
+    return {
+        "wall_s": times["ended"] - changed_at,
+        "launch_s": times["created"] - changed_at,
+        "in_run_s": times["ended"] - times["started"],
+        "run_id": run_id,
+        **spotify_count(emulator),
+        **run_figures(daemon.home, run_id),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ W4
@@ -330,22 +424,34 @@ sys.exit(code)
 def w4(count: int, env: dict, emulator: EmulatorProcess, database_for, workdir: Path, market: str) -> dict:
     database = database_for(demo_artist_ids(count, seed=4))
     home = make_instance_home(workdir / f"w4_{count}")
-    child_env = {**os.environ, **env, "DAGSTER_HOME": str(home), "MYSQL_DATABASE": database,
-                 "TOPTRACKS_TABLE": f"w4_{uuid.uuid4().hex[:8]}", "TOPTRACKS_COUNTRIES": market,
-                 "TOPTRACKS_RAW_DIR": str(workdir / f"w4_{count}" / "raw")}
+    child_env = {
+        **os.environ,
+        **env,
+        "DAGSTER_HOME": str(home),
+        "MYSQL_DATABASE": database,
+        "TOPTRACKS_TABLE": f"w4_{uuid.uuid4().hex[:8]}",
+        "TOPTRACKS_COUNTRIES": market,
+        "TOPTRACKS_RAW_DIR": str(workdir / f"w4_{count}" / "raw"),
+    }
     emulator.reset_stats()
     started = time.monotonic()
-    completed = subprocess.run([sys.executable, "-c", W4_WRAPPER, "run"], cwd=REPO, env=child_env,
-                               capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", W4_WRAPPER, "run"], cwd=REPO, env=child_env, capture_output=True, text=True
+    )
     wall = time.monotonic() - started
     if completed.returncode != 0:
         raise RuntimeError(f"W4 at {count} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
     rss = float(re.search(r"^PEAK-RSS-MB ([0-9.]+)", completed.stdout, re.M).group(1))
     run_id = re.search(r"^run (\S+) recorded", completed.stdout, re.M).group(1)
     in_run = re.search(r"in ([0-9.]+) s in all", completed.stdout)
-    return {"wall_s": wall, "in_run_s": float(in_run.group(1)) if in_run else None, "peak_rss_mb": rss,
-            "run_id": run_id, **spotify_count(emulator),
-            **run_figures(home, run_id)}
+    return {
+        "wall_s": wall,
+        "in_run_s": float(in_run.group(1)) if in_run else None,
+        "peak_rss_mb": rss,
+        "run_id": run_id,
+        **spotify_count(emulator),
+        **run_figures(home, run_id),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -360,8 +466,13 @@ def main() -> int:
     parser.add_argument("--no-sensor", action="store_true", help="skip the sensor path")
     parser.add_argument("--w3", action="store_true", help="also W3: an unchanged refresh under a rolling limit")
     parser.add_argument("--rate", type=float, default=20.0, help="W3: the rolling limit R, requests/s")
-    parser.add_argument("--w4", nargs="?", const="2000,20000", default="",
-                        help="also W4: peak RSS of `toptracks run` at these artist counts (default 2000,20000)")
+    parser.add_argument(
+        "--w4",
+        nargs="?",
+        const="2000,20000",
+        default="",
+        help="also W4: peak RSS of `toptracks run` at these artist counts (default 2000,20000)",
+    )
     parser.add_argument("--only-w4", action="store_true", help="skip everything but W4")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no latency, no W3/W4: for the test suite")
     parser.add_argument("--timeout", type=float, default=900.0, help="longest wait for one sensor-launched run, s")
@@ -376,7 +487,7 @@ def main() -> int:
     secret = secrets.token_urlsafe(24)
     catalog = Catalog(seed=42)
     ids = demo_artist_ids(args.artists, seed=42)
-    added = [a for a in demo_artist_ids(args.k + 50, seed=4242) if a not in set(ids)][:args.k]
+    added = [a for a in demo_artist_ids(args.k + 50, seed=4242) if a not in set(ids)][: args.k]
     databases: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="toptracks-bench-"))
     machine = {"cores": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
@@ -393,8 +504,12 @@ def main() -> int:
 
     def change_artists(database: str, sql: str, artist_ids: list[str]):
         def apply() -> None:
-            with pymysql.connect(database=database, autocommit=True, **MYSQL) as connection, connection.cursor() as cursor:
+            with (
+                pymysql.connect(database=database, autocommit=True, **MYSQL) as connection,
+                connection.cursor() as cursor,
+            ):
                 cursor.executemany(sql, artist_ids)
+
         return apply
 
     results: dict[str, dict] = {}
@@ -408,31 +523,50 @@ def main() -> int:
     try:
         with EmulatorProcess(secret, args.latency_ms, seed=42) as emulator, dynamodb_local() as endpoint:
             database = database_for(ids)
-            env = {"DAGSTER_DEPLOYMENT": "prod", "MYSQL_HOST": MYSQL["host"], "MYSQL_PORT": str(MYSQL["port"]),
-                   "MYSQL_USER": MYSQL["user"], "MYSQL_PASSWORD": MYSQL["password"], "MYSQL_DATABASE": database,
-                   "SPOTIFY_CLIENT_ID": CLIENT_ID, "SPOTIFY_CLIENT_SECRET": secret,
-                   "SPOTIFY_API_BASE_URL": emulator.base_url, "SPOTIFY_TOKEN_URL": emulator.token_url,
-                   "SPOTIFY_CONCURRENCY": str(args.concurrency), "SPOTIFY_REQUESTS_PER_SECOND": "0",
-                   "DYNAMODB_ENDPOINT_URL": endpoint, "AWS_REGION": LOCAL_REGION,
-                   "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
-                   "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
-                   "TOPTRACKS_TABLE": f"bench_{uuid.uuid4().hex[:8]}", "TOPTRACKS_COUNTRIES": ",".join(markets),
-                   "TOPTRACKS_RAW_DIR": str(workdir / "raw"), "TOPTRACKS_SENSOR_INTERVAL_S": str(args.sensor_interval)}
+            env = {
+                "DAGSTER_DEPLOYMENT": "prod",
+                "MYSQL_HOST": MYSQL["host"],
+                "MYSQL_PORT": str(MYSQL["port"]),
+                "MYSQL_USER": MYSQL["user"],
+                "MYSQL_PASSWORD": MYSQL["password"],
+                "MYSQL_DATABASE": database,
+                "SPOTIFY_CLIENT_ID": CLIENT_ID,
+                "SPOTIFY_CLIENT_SECRET": secret,
+                "SPOTIFY_API_BASE_URL": emulator.base_url,
+                "SPOTIFY_TOKEN_URL": emulator.token_url,
+                "SPOTIFY_CONCURRENCY": str(args.concurrency),
+                "SPOTIFY_REQUESTS_PER_SECOND": "0",
+                "DYNAMODB_ENDPOINT_URL": endpoint,
+                "AWS_REGION": LOCAL_REGION,
+                "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+                "TOPTRACKS_TABLE": f"bench_{uuid.uuid4().hex[:8]}",
+                "TOPTRACKS_COUNTRIES": ",".join(markets),
+                "TOPTRACKS_RAW_DIR": str(workdir / "raw"),
+                "TOPTRACKS_SENSOR_INTERVAL_S": str(args.sensor_interval),
+            }
             for name in ("TOPTRACKS_RAW_S3_BUCKET", "MYSQL_IAM_AUTH", "DAGSTER_HOME"):
                 os.environ.pop(name, None)
 
             if not args.only_w4:
-                record("baseline", "baseline loop (sequential GET, put_item)", baseline_loop(
-                    database, emulator, secret, endpoint, f"baseline_{uuid.uuid4().hex[:8]}", markets))
-                record("write_floor", "write floor (BatchWriteItem, no API)",
-                       write_floor(catalog, ids, markets, endpoint))
+                record(
+                    "baseline",
+                    "baseline loop (sequential GET, put_item)",
+                    baseline_loop(database, emulator, secret, endpoint, f"baseline_{uuid.uuid4().hex[:8]}", markets),
+                )
+                record(
+                    "write_floor", "write floor (BatchWriteItem, no API)", write_floor(catalog, ids, markets, endpoint)
+                )
                 home = make_instance_home(workdir)
                 record("W1", "W1 first load: toptracks run", toptracks_run(env, emulator, home))
                 record("W2", "W2 unchanged refresh: toptracks run", toptracks_run(env, emulator, home))
                 if args.w3:
                     emulator.update(rate_limit_requests=int(args.rate * 30), rate_limit_window_s=30.0)
-                    record("W3", f"W3 unchanged, limit {args.rate:g}/s: toptracks run", toptracks_run(
-                        {**env, "SPOTIFY_REQUESTS_PER_SECOND": str(args.rate)}, emulator, home))
+                    record(
+                        "W3",
+                        f"W3 unchanged, limit {args.rate:g}/s: toptracks run",
+                        toptracks_run({**env, "SPOTIFY_REQUESTS_PER_SECOND": str(args.rate)}, emulator, home),
+                    )
                     emulator.update(rate_limit_requests=None)
                 if not args.no_sensor:
                     daemon = Daemon(env, home, workdir / "daemon.log")
@@ -440,20 +574,42 @@ def main() -> int:
                     try:
                         # The sensor's first tick has no cursor yet: it launches one `changed` run, which finds
                         # nothing new. Measured too, and waited for, so that it is not mistaken for the +k run.
-                        record("sensor_first_tick", "sensor on, first tick (no change)",
-                               sensor_change(daemon, emulator, lambda: daemon.start_sensor(SENSOR), seen, args.timeout))
-                        record("sensor_add", f"sensor +{args.k} artists (dagster-daemon)", sensor_change(
-                            daemon, emulator, change_artists(database, "INSERT INTO artists (id) VALUES (%s)", added),
-                            seen, args.timeout))
-                        record("sensor_remove", f"sensor -{args.k} artists (dagster-daemon)", sensor_change(
-                            daemon, emulator, change_artists(database, "DELETE FROM artists WHERE id = %s", added),
-                            seen, args.timeout))
+                        record(
+                            "sensor_first_tick",
+                            "sensor on, first tick (no change)",
+                            sensor_change(daemon, emulator, lambda: daemon.start_sensor(SENSOR), seen, args.timeout),
+                        )
+                        record(
+                            "sensor_add",
+                            f"sensor +{args.k} artists (dagster-daemon)",
+                            sensor_change(
+                                daemon,
+                                emulator,
+                                change_artists(database, "INSERT INTO artists (id) VALUES (%s)", added),
+                                seen,
+                                args.timeout,
+                            ),
+                        )
+                        record(
+                            "sensor_remove",
+                            f"sensor -{args.k} artists (dagster-daemon)",
+                            sensor_change(
+                                daemon,
+                                emulator,
+                                change_artists(database, "DELETE FROM artists WHERE id = %s", added),
+                                seen,
+                                args.timeout,
+                            ),
+                        )
                     finally:
                         daemon.stop()
             emulator.update(latency_ms=0.0)  # W4 measures memory, not the API
             for count in [int(c) for c in args.w4.split(",") if c.strip()]:
-                record(f"W4_{count}", f"W4 {count} artists x {markets[0]}: toptracks run",
-                       w4(count, env, emulator, database_for, workdir, markets[0]))
+                record(
+                    f"W4_{count}",
+                    f"W4 {count} artists x {markets[0]}: toptracks run",
+                    w4(count, env, emulator, database_for, workdir, markets[0]),
+                )
     finally:
         with pymysql.connect(autocommit=True, **MYSQL) as connection, connection.cursor() as cursor:
             for name in databases:
@@ -472,8 +628,10 @@ def main() -> int:
 
 
 def print_report(results: dict, markets: list[str], args) -> None:
-    print(f"\n{'workload':<46}{'wall s':>8}{'run s':>8}{'Spotify':>8}{'writes':>8}{'reads':>7}{'chk rd':>7}"
-          f"{'items':>8}{'RSS MB':>8}")
+    print(
+        f"\n{'workload':<46}{'wall s':>8}{'run s':>8}{'Spotify':>8}{'writes':>8}{'reads':>7}{'chk rd':>7}"
+        f"{'items':>8}{'RSS MB':>8}"
+    )
     print("-" * 108)
 
     def cell(r: dict, key: str, width: int, fmt: str = "") -> str:
@@ -483,15 +641,21 @@ def print_report(results: dict, markets: list[str], args) -> None:
     for key, r in results.items():
         if key == "machine":
             continue
-        print(f"{r['label']:<46}{cell(r, 'wall_s', 8, '.2f')}{cell(r, 'in_run_s', 8, '.2f')}{cell(r, 'requests', 8)}"
-              f"{cell(r, 'write_requests', 8)}{cell(r, 'read_requests_load', 7)}{cell(r, 'read_requests_checks', 7)}"
-              f"{cell(r, 'items', 8)}{cell(r, 'peak_rss_mb', 8, '.0f')}")
-    print("wall s: child process (or, for the sensor, from the change to the run's success); run s: the run itself; "
-          "Spotify: top-tracks requests the emulator served; writes / reads: the load's DynamoDB requests; chk rd: "
-          "the checks' read-back Queries")
+        print(
+            f"{r['label']:<46}{cell(r, 'wall_s', 8, '.2f')}{cell(r, 'in_run_s', 8, '.2f')}{cell(r, 'requests', 8)}"
+            f"{cell(r, 'write_requests', 8)}{cell(r, 'read_requests_load', 7)}{cell(r, 'read_requests_checks', 7)}"
+            f"{cell(r, 'items', 8)}{cell(r, 'peak_rss_mb', 8, '.0f')}"
+        )
+    print(
+        "wall s: child process (or, for the sensor, from the change to the run's success); run s: the run itself; "
+        "Spotify: top-tracks requests the emulator served; writes / reads: the load's DynamoDB requests; chk rd: "
+        "the checks' read-back Queries"
+    )
     machine = results["machine"]
-    print(f"\nmachine: {machine['cores']} cores, load average {machine['loadavg_start']} at start, "
-          f"{machine['loadavg_end']} at end" + (": BUSY with other work, ratios are noisy" if machine["busy"] else ""))
+    print(
+        f"\nmachine: {machine['cores']} cores, load average {machine['loadavg_start']} at start, "
+        f"{machine['loadavg_end']} at end" + (": BUSY with other work, ratios are noisy" if machine["busy"] else "")
+    )
     sample = int(os.environ.get("TOPTRACKS_CHECK_SAMPLE_SIZE", "20"))
     print("\nagainst the targets")
     base = results.get("baseline")
@@ -504,22 +668,30 @@ def print_report(results: dict, markets: list[str], args) -> None:
     w2 = results.get("W2")
     if w2:
         bound = sample * len(markets)
-        print(f"  W2 check reads                      {w2['read_requests_checks']:>7}   (target <= sample x markets = "
-              f"{bound}); load reads {w2['read_requests_load']}")
+        print(
+            f"  W2 check reads                      {w2['read_requests_checks']:>7}   (target <= sample x markets = "
+            f"{bound}); load reads {w2['read_requests_load']}"
+        )
     for key, expected in (("sensor_add", args.k * len(markets)), ("sensor_remove", 0)):
         r = results.get(key)
         if r:
-            print(f"  {r['label']:<36}{r['requests']:>7} requests (target {expected}), {r['wall_s']:.1f} s from the "
-                  f"change to success (launched after {r['launch_s']:.1f} s, run {r['in_run_s']:.1f} s)")
+            print(
+                f"  {r['label']:<36}{r['requests']:>7} requests (target {expected}), {r['wall_s']:.1f} s from the "
+                f"change to success (launched after {r['launch_s']:.1f} s, run {r['in_run_s']:.1f} s)"
+            )
     w3 = results.get("W3")
     if w3 and w3.get("api_phase_s"):
-        print(f"  W3 API phase / (requests / R)       {w3['api_phase_s'] / (w3['requests'] / args.rate):7.2f}   "
-              f"(target <= 1.1), 429s {w3['429s']}")
+        print(
+            f"  W3 API phase / (requests / R)       {w3['api_phase_s'] / (w3['requests'] / args.rate):7.2f}   "
+            f"(target <= 1.1), 429s {w3['429s']}"
+        )
     w4s = [r for k, r in results.items() if k.startswith("W4_")]
     if len(w4s) >= 2:
         growth = w4s[-1]["peak_rss_mb"] / w4s[0]["peak_rss_mb"] - 1
-        print(f"  W4 peak RSS growth                  {100 * growth:6.1f} %  (target <= 25 %; largest "
-              f"{w4s[-1]['peak_rss_mb']:.0f} MB, target <= 300)")
+        print(
+            f"  W4 peak RSS growth                  {100 * growth:6.1f} %  (target <= 25 %; largest "
+            f"{w4s[-1]['peak_rss_mb']:.0f} MB, target <= 300)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fidelity", action="store_true", help="use Spotify's 30 s window (overrides --window)")
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=12)
-    parser.add_argument("--headroom", type=float, default=0.03,
-                        help="the pacer's margin below requests_per_second (the client's default is 0.03)")
+    parser.add_argument(
+        "--headroom",
+        type=float,
+        default=0.03,
+        help="the pacer's margin below requests_per_second (the client's default is 0.03)",
+    )
     args = parser.parse_args(argv)
 
     window = 30.0 if args.fidelity else args.window
@@ -52,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with SpotifyEmulator(client_id, client_secret, settings=settings, catalog=Catalog(seed=3)) as emulator:
         client = SpotifyClient(
-            client_id=client_id, client_secret=client_secret, api_base_url=emulator.base_url,
-            token_url=emulator.token_url, concurrency=args.concurrency, requests_per_second=args.rate,
-            max_retry_after_s=120.0, rate_headroom=args.headroom,
+            client_id=client_id,
+            client_secret=client_secret,
+            api_base_url=emulator.base_url,
+            token_url=emulator.token_url,
+            concurrency=args.concurrency,
+            requests_per_second=args.rate,
+            max_retry_after_s=120.0,
+            rate_headroom=args.headroom,
         )
         with client:
             client.check_credentials()
@@ -71,17 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     ratio = wall / floor
     share_429 = served["rate_limited"] / max(1, served["requests"])
     stats = client.stats.snapshot()
-    print(f"limit: {limit} requests per rolling {window:g} s window (R = {args.rate:g}/s), "
-          f"latency {args.latency_ms:g} ms, client concurrency {args.concurrency}, requests_per_second {args.rate:g}, "
-          f"headroom {args.headroom:g}")
+    print(
+        f"limit: {limit} requests per rolling {window:g} s window (R = {args.rate:g}/s), "
+        f"latency {args.latency_ms:g} ms, client concurrency {args.concurrency}, requests_per_second {args.rate:g}, "
+        f"headroom {args.headroom:g}"
+    )
     print(f"pairs: {len(pairs)}   wall: {wall:.2f} s   pairs/R: {floor:.2f} s   ratio: {ratio:.3f}")
-    print(f"requests served: {served['requests']}   429s: {served['rate_limited']} ({100 * share_429:.2f} %)   "
-          f"client retries: {stats['retries']}   paused: {stats['paused_s']:.1f} s (summed over workers)   "
-          f"peak in flight: {served['peak_in_flight']}")
+    print(
+        f"requests served: {served['requests']}   429s: {served['rate_limited']} ({100 * share_429:.2f} %)   "
+        f"client retries: {stats['retries']}   paused: {stats['paused_s']:.1f} s (summed over workers)   "
+        f"peak in flight: {served['peak_in_flight']}"
+    )
     print(f"outcomes: {len(outcomes)}, not equal to the catalog: {wrong}")
     if len(pairs) <= limit:
-        print(f"note: {len(pairs)} pairs fit in one window of {limit}: the limit was never in reach; "
-              "use more pairs or a lower --rate")
+        print(
+            f"note: {len(pairs)} pairs fit in one window of {limit}: the limit was never in reach; "
+            "use more pairs or a lower --rate"
+        )
     met = ratio <= 1.10 and share_429 <= 0.01 and wrong == 0 and len(outcomes) == len(pairs)
     print("target met" if met else "TARGET MISSED (ratio <= 1.10, 429 share <= 1 %, all outcomes exact)")
     return 0 if met else 1

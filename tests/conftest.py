@@ -47,8 +47,12 @@ def private_local_stack(tmp_path_factory):
     developer's running stack and ./dagster_home are never used; the stack is stopped at the end."""
     directory = tmp_path_factory.mktemp("local_stack")
     home = tmp_path_factory.mktemp("dagster_home")
-    isolated = {"TOPTRACKS_LOCAL_DIR": str(directory), "DAGSTER_HOME": str(home),
-                "TOPTRACKS_STACK_SPOTIFY_PORT": "0", "TOPTRACKS_STACK_DYNAMODB_PORT": "0"}
+    isolated = {
+        "TOPTRACKS_LOCAL_DIR": str(directory),
+        "DAGSTER_HOME": str(home),
+        "TOPTRACKS_STACK_SPOTIFY_PORT": "0",
+        "TOPTRACKS_STACK_DYNAMODB_PORT": "0",
+    }
     saved = {name: os.environ.get(name) for name in isolated}
     os.environ.update(isolated)
     yield directory
@@ -86,9 +90,12 @@ def dynamodb_local_endpoint():
         unavailable(str(error))
 
 
-TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
-                "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
-                "AWS_REGION": LOCAL_REGION, "AWS_DEFAULT_REGION": LOCAL_REGION}
+TEST_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+    "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+    "AWS_REGION": LOCAL_REGION,
+    "AWS_DEFAULT_REGION": LOCAL_REGION,
+}
 
 
 def dynamodb_client(endpoint: str, probe: bool = False):
@@ -166,7 +173,9 @@ def client_secret():
 
 @pytest.fixture
 def emulator(client_secret):
-    with SpotifyEmulator(TEST_CLIENT_ID, client_secret, settings=EmulatorSettings(), catalog=Catalog(seed=7)) as running:
+    with SpotifyEmulator(
+        TEST_CLIENT_ID, client_secret, settings=EmulatorSettings(), catalog=Catalog(seed=7)
+    ) as running:
         yield running
 
 

@@ -15,8 +15,13 @@ ALL_ASSETS = [artist_ids, raw_top_tracks, top_tracks]
 
 def run_partition(country: str, instance=None, deployment: str = "prod", raise_on_error: bool = True):
     """Materialize the whole graph for one country partition, with the deployment's resources."""
-    return materialize(ALL_ASSETS, partition_key=country, resources=build_resources(deployment),
-                       instance=instance, raise_on_error=raise_on_error)
+    return materialize(
+        ALL_ASSETS,
+        partition_key=country,
+        resources=build_resources(deployment),
+        instance=instance,
+        raise_on_error=raise_on_error,
+    )
 
 
 def scan_table(client, table_name: str) -> dict[tuple[str, str], dict]:
@@ -53,20 +58,33 @@ def metadata_of(result, asset_key: str) -> dict:
     raise AssertionError(f"no materialization of {asset_key}")
 
 
-def run_all_markets(instance=None, mode: str = "full", raise_on_error: bool = True, tags: dict | None = None,
-                    **refresh):
+def run_all_markets(
+    instance=None, mode: str = "full", raise_on_error: bool = True, tags: dict | None = None, **refresh
+):
     """One run over every market (a single-run partition range), as `toptracks run` and the sensor launch it."""
     from toptracks_dagster.jobs import all_markets_tags
 
     run_config = {"ops": {"raw_top_tracks": {"config": {"mode": mode, **refresh}}}}
-    return materialize(ALL_ASSETS, resources=build_resources("prod"), instance=instance, run_config=run_config,
-                       tags={**all_markets_tags(), **(tags or {})}, raise_on_error=raise_on_error)
+    return materialize(
+        ALL_ASSETS,
+        resources=build_resources("prod"),
+        instance=instance,
+        run_config=run_config,
+        tags={**all_markets_tags(), **(tags or {})},
+        raise_on_error=raise_on_error,
+    )
 
 
 def run_request(request, instance=None, raise_on_error: bool = True):
     """Execute a sensor's or schedule's RunRequest the way the daemon would: its run config and tags."""
-    return materialize(ALL_ASSETS, resources=build_resources("prod"), instance=instance,
-                       run_config=request.run_config, tags=request.tags, raise_on_error=raise_on_error)
+    return materialize(
+        ALL_ASSETS,
+        resources=build_resources("prod"),
+        instance=instance,
+        run_config=request.run_config,
+        tags=request.tags,
+        raise_on_error=raise_on_error,
+    )
 
 
 def partition_metadata(result, asset_key: str) -> dict[str, dict]:

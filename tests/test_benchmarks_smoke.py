@@ -16,8 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_benchmark_smoke_runs_every_workload_and_reports_ratios(tmp_path, mysql_server, dynamodb_local_endpoint):
     out = tmp_path / "bench.json"
-    completed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(out)],
-                               cwd=REPO, capture_output=True, text=True, timeout=900)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads(out.read_text())
     baseline, floor, w1, w2 = (results["baseline"], results["write_floor"], results["W1"], results["W2"])

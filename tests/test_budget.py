@@ -41,12 +41,24 @@ def test_the_bound_is_stated_and_a_catalogue_past_the_budget_is_called_out(capsy
 def test_stalest_pairs_take_artists_without_a_list_first_then_the_oldest_lists():
     listed = [f"{c}" * 22 for c in "ABCDE"]
     a, b, c, d, e = listed
-    stored = {"US": {a: "2026-03-01T00:00:00.000Z", b: "2026-02-01T00:00:00.000Z", c: "2026-03-02T00:00:00.000Z",
-                     d: "2026-01-01T00:00:00.000Z"},  # e has no US list
-              "CA": {a: "2026-02-15T00:00:00.000Z", b: "2026-03-01T00:00:00.000Z", c: "2026-03-01T00:00:00.000Z",
-                     d: "2026-03-01T00:00:00.000Z", e: "2026-03-01T00:00:00.000Z"}}
-    plans = {p.market: p for p in plan_stalest_pairs(RefreshConfig(mode="stalest", pairs=4), ["US", "CA"], listed,
-                                                     stored)}
+    stored = {
+        "US": {
+            a: "2026-03-01T00:00:00.000Z",
+            b: "2026-02-01T00:00:00.000Z",
+            c: "2026-03-02T00:00:00.000Z",
+            d: "2026-01-01T00:00:00.000Z",
+        },  # e has no US list
+        "CA": {
+            a: "2026-02-15T00:00:00.000Z",
+            b: "2026-03-01T00:00:00.000Z",
+            c: "2026-03-01T00:00:00.000Z",
+            d: "2026-03-01T00:00:00.000Z",
+            e: "2026-03-01T00:00:00.000Z",
+        },
+    }
+    plans = {
+        p.market: p for p in plan_stalest_pairs(RefreshConfig(mode="stalest", pairs=4), ["US", "CA"], listed, stored)
+    }
     # e/US (no list), then d/US (Jan 1), b/US (Feb 1), a/CA (Feb 15).
     assert plans["US"].fetch == sorted([e, d, b]) and plans["CA"].fetch == [a]
     only_new = plan_stalest_pairs(RefreshConfig(mode="stalest", pairs=1), ["US", "CA"], listed, stored)
@@ -73,27 +85,42 @@ def test_the_ledger_counts_what_was_sent_and_a_run_that_died_at_its_full_reserva
 
 
 # ------------------------------------------------------------------------------------------ the client's cap
-def test_the_client_never_sends_more_than_its_allowance_even_while_retrying_5xx(emulator, client_secret,
-                                                                             some_artist_ids):
+def test_the_client_never_sends_more_than_its_allowance_even_while_retrying_5xx(
+    emulator, client_secret, some_artist_ids
+):
     emulator.settings.update({"error_5xx_share": 0.3})
-    client = SpotifyClient(client_id=TEST_CLIENT_ID, client_secret=client_secret, api_base_url=emulator.base_url,
-                           token_url=emulator.token_url, concurrency=8, max_requests=25, backoff_s=0.0)
+    client = SpotifyClient(
+        client_id=TEST_CLIENT_ID,
+        client_secret=client_secret,
+        api_base_url=emulator.base_url,
+        token_url=emulator.token_url,
+        concurrency=8,
+        max_requests=25,
+        backoff_s=0.0,
+    )
     fetched = []
     with client, pytest.raises(SpotifyBudgetExhausted):
         for outcome in client.iter_pairs([(a, m) for a in some_artist_ids for m in ("US", "CA")]):
             fetched.append(outcome)
     sent = emulator.stats.as_dict()["requests"]
     assert sent <= 25 and client.allowance.used == 25
-    assert emulator.stats.as_dict()["by_status"].get(500, 0) + emulator.stats.as_dict()["by_status"].get(502, 0) \
-        + emulator.stats.as_dict()["by_status"].get(503, 0) > 0  # retries happened and were counted
+    assert (
+        emulator.stats.as_dict()["by_status"].get(500, 0)
+        + emulator.stats.as_dict()["by_status"].get(502, 0)
+        + emulator.stats.as_dict()["by_status"].get(503, 0)
+        > 0
+    )  # retries happened and were counted
     assert 0 < len(fetched) < 25
 
 
 # ------------------------------------------------------------------------------------------ end to end
 def _raw_lists(prod_env, market: str) -> dict[str, str]:
     path = Path(prod_env["TOPTRACKS_RAW_DIR"]) / f"raw_top_tracks/market={market}/top_tracks.jsonl"
-    return {r["artist_id"]: r["requested_at"] for r in map(json.loads, path.read_text().splitlines())
-            if r["record"] == "outcome"}
+    return {
+        r["artist_id"]: r["requested_at"]
+        for r in map(json.loads, path.read_text().splitlines())
+        if r["record"] == "outcome"
+    }
 
 
 def _exact_for_refreshed(ddb, prod_env, emulator):
@@ -106,13 +133,16 @@ def _exact_for_refreshed(ddb, prod_env, emulator):
 
 
 def _tick(prod_env, when: datetime):
-    context = build_schedule_context(scheduled_execution_time=when,
-                                     resources={"raw_storage": LocalRawStorage(base_dir=prod_env["TOPTRACKS_RAW_DIR"])})
+    context = build_schedule_context(
+        scheduled_execution_time=when,
+        resources={"raw_storage": LocalRawStorage(base_dir=prod_env["TOPTRACKS_RAW_DIR"])},
+    )
     return rolling_refresh(context)
 
 
 def test_rolling_refresh_never_exceeds_the_daily_budget_with_retries_and_keeps_the_table_exact(
-        prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch):
+    prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch
+):
     monkeypatch.delenv("TOPTRACKS_REQUESTS_PER_DAY", raising=False)
     assert isinstance(_tick(prod_env, NOON), SkipReason)  # no budget: no rolling refresh
     monkeypatch.setenv("TOPTRACKS_REQUESTS_PER_DAY", "40")
@@ -130,14 +160,18 @@ def test_rolling_refresh_never_exceeds_the_daily_budget_with_retries_and_keeps_t
         last = _tick(prod_env, NOON.replace(hour=23))  # the last tick of the day gets all that is left
         left = last.run_config["ops"]["raw_top_tracks"]["config"]["pairs"]
         assert left == 40 - BudgetLedger.load(LocalRawStorage(base_dir=prod_env["TOPTRACKS_RAW_DIR"])).spent_on(
-            NOON.date())
+            NOON.date()
+        )
         result = run_request(last, instance)
         assert emulator.stats.as_dict()["requests"] <= 40  # retries and 404s included
         assert isinstance(_tick(prod_env, NOON.replace(hour=23, minute=30)), SkipReason)  # the day is spent
 
     raw = partition_metadata(result, "raw_top_tracks")
-    run_level = [e.event_specific_data.materialization.metadata for e in result.get_asset_materialization_events()
-                 if e.event_specific_data.materialization.asset_key.to_user_string() == "raw_top_tracks"][0]
+    run_level = [
+        e.event_specific_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key.to_user_string() == "raw_top_tracks"
+    ][0]
     assert run_level["freshness_bound_days"].value == math.ceil(60 / 40)
     assert run_level["catalogue_pairs"].value == 60
     assert run_level["budget_spent_today_after"].value <= 40
@@ -147,16 +181,20 @@ def test_rolling_refresh_never_exceeds_the_daily_budget_with_retries_and_keeps_t
     _exact_for_refreshed(ddb, prod_env, emulator)
 
 
-def test_freshness_check_warns_and_lists_the_oldest_pairs_when_the_bound_breaks(prod_env, artists_table, emulator,
-                                                                              ddb, some_artist_ids, monkeypatch):
+def test_freshness_check_warns_and_lists_the_oldest_pairs_when_the_bound_breaks(
+    prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch
+):
     ids = some_artist_ids[:10]
     artists_table.set_ids(ids)
     with instance_for_test() as instance:
         run_all_markets(instance)
         # Three US lists are a month old (as if refreshes had stopped); bound with 1,000 requests a day: 1 day.
         path = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
-        aged = {ids[2]: "2026-01-01T00:00:00.000Z", ids[5]: "2026-01-02T00:00:00.000Z",
-                ids[7]: "2026-01-03T00:00:00.000Z"}
+        aged = {
+            ids[2]: "2026-01-01T00:00:00.000Z",
+            ids[5]: "2026-01-02T00:00:00.000Z",
+            ids[7]: "2026-01-03T00:00:00.000Z",
+        }
         records = [json.loads(line) for line in path.read_text().splitlines()]
         for record in records:
             if record.get("artist_id") in aged:

@@ -42,15 +42,16 @@ def test_every_check_passes_once_per_market_in_one_run_and_is_recorded(prod_env,
         for spec in RAW_CHECK_SPECS + TABLE_CHECK_SPECS:
             for market in ("US", "CA"):
                 record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                    [spec.key], partition_filter=PartitionKeyFilter(key=market))[spec.key]
+                    [spec.key], partition_filter=PartitionKeyFilter(key=market)
+                )[spec.key]
                 assert record.status == AssetCheckExecutionRecordStatus.SUCCEEDED, (spec.name, market)
         single = run_partition("US", instance)
         assert {(e.check_name, e.partition) for e in single.get_asset_check_evaluations()} == {
-            (s.name, "US" if s.partitions_def else None) for s in ALL_SPECS}
+            (s.name, "US" if s.partitions_def else None) for s in ALL_SPECS
+        }
 
 
-def test_no_valid_id_blocks_fetch_and_load_and_keeps_the_published_list(prod_env, artists_table, ddb,
-                                                                        some_artist_ids):
+def test_no_valid_id_blocks_fetch_and_load_and_keeps_the_published_list(prod_env, artists_table, ddb, some_artist_ids):
     artists_table.set_ids(some_artist_ids[:5])
     with instance_for_test() as instance:
         run_partition("US", instance)
@@ -70,13 +71,27 @@ def test_no_valid_id_blocks_fetch_and_load_and_keeps_the_published_list(prod_env
 def test_merge_profile_flags_long_lists_duplicates_bad_fields_and_404_share():
     import io
 
-    good = {"id": "A" * 22, "name": "x", "popularity": 50, "type": "track", "uri": "spotify:track:" + "A" * 22,
-            "duration_ms": 1, "explicit": False, "is_local": False, "track_number": 1, "disc_number": 1,
-            "artists": [{"id": "B" * 22, "name": "b"}], "album": {"id": "C" * 22, "name": ""}, "external_urls": {},
-            "preview_url": None}
+    good = {
+        "id": "A" * 22,
+        "name": "x",
+        "popularity": 50,
+        "type": "track",
+        "uri": "spotify:track:" + "A" * 22,
+        "duration_ms": 1,
+        "explicit": False,
+        "is_local": False,
+        "track_number": 1,
+        "disc_number": 1,
+        "artists": [{"id": "B" * 22, "name": "b"}],
+        "album": {"id": "C" * 22, "name": ""},
+        "external_urls": {},
+        "preview_url": None,
+    }
     ids = [f"{c}" * 22 for c in "DEFG"]
     outcomes = [
-        TopTracksOutcome(ids[0], "US", "2026-01-01T00:00:00.000Z", 200, [dict(good, id=f"{i:022d}") for i in range(11)]),
+        TopTracksOutcome(
+            ids[0], "US", "2026-01-01T00:00:00.000Z", 200, [dict(good, id=f"{i:022d}") for i in range(11)]
+        ),
         TopTracksOutcome(ids[1], "US", "2026-01-01T00:00:00.000Z", 200, [good, good]),
         TopTracksOutcome(ids[2], "US", "2026-01-01T00:00:00.000Z", 200, [dict(good, popularity="high")]),
         TopTracksOutcome(ids[3], "US", "2026-01-01T00:00:00.000Z", 404, None),
@@ -94,8 +109,7 @@ def test_merge_profile_flags_long_lists_duplicates_bad_fields_and_404_share():
     assert results["raw_top_tracks_404_share"].severity == AssetCheckSeverity.WARN
 
 
-def test_all_404_is_not_published_and_the_table_keeps_its_data(prod_env, artists_table, emulator, ddb,
-                                                              some_artist_ids):
+def test_all_404_is_not_published_and_the_table_keeps_its_data(prod_env, artists_table, emulator, ddb, some_artist_ids):
     artists_table.set_ids(some_artist_ids[:6])
     with instance_for_test() as instance:
         run_partition("US", instance)
@@ -119,20 +133,35 @@ def test_edited_items_fail_the_table_checks_and_the_audit(prod_env, artists_tabl
         run_partition("US", instance)
         items = scan_table(ddb, table)
         (artist, key), item = next(iter(items.items()))
-        ddb.update_item(TableName=table, Key={"artist_id": {"S": artist}, "country_track_id": {"S": key}},
-                        UpdateExpression="SET #n = :n, popularity = :p",
-                        ExpressionAttributeNames={"#n": "name"},
-                        ExpressionAttributeValues={":n": {"S": "edited"}, ":p": {"N": "1"}})
-        ddb.put_item(TableName=table, Item={"artist_id": {"S": artist}, "country_track_id": {"S": "US#" + "Z" * 22},
-                                            "country": {"S": "US"}, "popularity": {"N": "3"}})
+        ddb.update_item(
+            TableName=table,
+            Key={"artist_id": {"S": artist}, "country_track_id": {"S": key}},
+            UpdateExpression="SET #n = :n, popularity = :p",
+            ExpressionAttributeNames={"#n": "name"},
+            ExpressionAttributeValues={":n": {"S": "edited"}, ":p": {"N": "1"}},
+        )
+        ddb.put_item(
+            TableName=table,
+            Item={
+                "artist_id": {"S": artist},
+                "country_track_id": {"S": "US#" + "Z" * 22},
+                "country": {"S": "US"},
+                "popularity": {"N": "3"},
+            },
+        )
         result = run_partition("US", instance, raise_on_error=False)
         found = check_results(result)
         assert not found[("top_tracks_match_raw", "US")].passed
         assert found[("top_tracks_match_raw", "US")].metadata["extra_items"].value == 1
         assert found[("top_tracks_match_raw", "US")].metadata["changed_items"].value == 1
         assert not found[("top_tracks_round_trip", "US")].passed
-        audit = materialize([*ALL_ASSETS, top_tracks_audit], partition_key="US", resources=build_resources("prod"),
-                            instance=instance, raise_on_error=False)
+        audit = materialize(
+            [*ALL_ASSETS, top_tracks_audit],
+            partition_key="US",
+            resources=build_resources("prod"),
+            instance=instance,
+            raise_on_error=False,
+        )
         evaluations = check_results(audit)
         assert not evaluations[("top_tracks_audit", "US")].passed
         assert evaluations[("top_tracks_audit", "US")].metadata["stale_track_items"].value == 1
@@ -144,8 +173,12 @@ def test_the_audit_job_reconciles_every_market(prod_env, artists_table, some_art
     from toptracks_dagster.jobs import top_tracks_audit_job
 
     artists_table.set_ids(some_artist_ids[:6])
-    defs = Definitions(assets=ALL_ASSETS, asset_checks=[top_tracks_audit], jobs=[top_tracks_audit_job],
-                       resources=build_resources("prod"))
+    defs = Definitions(
+        assets=ALL_ASSETS,
+        asset_checks=[top_tracks_audit],
+        jobs=[top_tracks_audit_job],
+        resources=build_resources("prod"),
+    )
     with instance_for_test() as instance:
         run_all_markets(instance)
         result = defs.resolve_job_def("top_tracks_audit_job").execute_in_process(instance=instance)

@@ -17,30 +17,47 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_toptracks_run_on_the_embedded_default_prints_per_country_counts(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "SPOTIFY_", "MYSQL_", "TOPTRACKS_", "DYNAMODB_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DAGSTER_", "SPOTIFY_", "MYSQL_", "TOPTRACKS_", "DYNAMODB_"))
+    }
     # Its own stack (state under tmp_path, any free ports): a developer's running stack is left alone.
     env.update({"TOPTRACKS_STACK_SPOTIFY_PORT": "0", "TOPTRACKS_STACK_DYNAMODB_PORT": "0"})
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
-            capture_output=True, text=True, timeout=600,
+            [sys.executable, "-m", "toptracks_dagster.cli", "run"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert completed.returncode == 0, completed.stderr[-3000:]
         # The stack outlives the command, and a query right after finds the data without starting anything.
         query = subprocess.run(
             [sys.executable, "-m", "toptracks_dagster.cli", "query", "popular", "US", "--min", "0", "--json"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert query.returncode == 0, query.stderr[-3000:]
         assert "local stack started" not in query.stderr
         assert len(json.loads(query.stdout)) > 0
     finally:
-        subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", "stack", "stop"], cwd=tmp_path, env=env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "toptracks_dagster.cli", "stack", "stop"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
     ids = demo_artist_ids(DEMO_ARTISTS)
     catalog = Catalog(seed=0)
     for country in ("US", "CA"):
-        line = next(l for l in completed.stdout.splitlines() if l.startswith(f"{country} "))
+        line = next(row for row in completed.stdout.splitlines() if row.startswith(f"{country} "))
         artists, fetched, not_found, tracks, written, unchanged, deleted = map(int, re.split(r"\s+", line)[1:8])
         assert artists == fetched == DEMO_ARTISTS
         assert not_found == sum(catalog.is_missing(a) for a in ids)
@@ -52,8 +69,9 @@ def test_toptracks_run_on_the_embedded_default_prints_per_country_counts(tmp_pat
     assert "SPOTIFY_CLIENT_SECRET=" not in completed.stdout + completed.stderr
 
 
-def test_toptracks_run_on_prod_loads_exactly_what_the_endpoint_serves(prod_env, artists_table, emulator, ddb,
-                                                                       some_artist_ids, tmp_path):
+def test_toptracks_run_on_prod_loads_exactly_what_the_endpoint_serves(
+    prod_env, artists_table, emulator, ddb, some_artist_ids, tmp_path
+):
     """README's headless command with DAGSTER_DEPLOYMENT=prod: another MySQL, Spotify-compatible endpoint and
     DynamoDB endpoint, all from the config contract's variables; nothing local is started."""
     from tests.helpers import scan_table
@@ -61,8 +79,14 @@ def test_toptracks_run_on_prod_loads_exactly_what_the_endpoint_serves(prod_env, 
     artists_table.set_ids(some_artist_ids)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
     (tmp_path / "home").mkdir()
-    completed = subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [sys.executable, "-m", "toptracks_dagster.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "embedded stack" not in completed.stdout
     items = scan_table(ddb, prod_env["TOPTRACKS_TABLE"])

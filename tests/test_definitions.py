@@ -25,7 +25,10 @@ def test_definitions_hold_the_three_assets_and_the_job():
 def test_dagster_definitions_validate_passes_with_workspace_yaml():
     completed = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     assert "All code locations passed validation" in completed.stdout + completed.stderr

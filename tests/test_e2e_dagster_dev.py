@@ -58,7 +58,11 @@ def dagster_dev(prod_env, tmp_path):
     log = open(tmp_path / "dagster_dev.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def webserver_up():
@@ -88,10 +92,15 @@ def test_backfill_then_sensor_then_quiet(dagster_dev, prod_env, artists_table, e
     artists_table.set_ids(initial)
 
     # 1. A backfill of every partition of the whole graph, launched as the UI does.
-    launched = client._execute(LAUNCH_PARTITION_BACKFILL_MUTATION, {"backfillParams": {
-        "assetSelection": [{"path": ["artist_ids"]}, {"path": ["raw_top_tracks"]}, {"path": ["top_tracks"]}],
-        "allPartitions": True,
-    }})["launchPartitionBackfill"]
+    launched = client._execute(
+        LAUNCH_PARTITION_BACKFILL_MUTATION,
+        {
+            "backfillParams": {
+                "assetSelection": [{"path": ["artist_ids"]}, {"path": ["raw_top_tracks"]}, {"path": ["top_tracks"]}],
+                "allPartitions": True,
+            }
+        },
+    )["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
 
     def backfill_done():
@@ -105,9 +114,16 @@ def test_backfill_then_sensor_then_quiet(dagster_dev, prod_env, artists_table, e
     # 2. A new artist in MariaDB; the sensor, once on, brings its tracks in with no one acting.
     artists_table.add(newcomer)
     assert emulator.catalog.top_tracks(newcomer, "US"), "pick an artist the emulator knows"
-    started = client._execute(START_SENSOR, {"selector": {
-        "repositoryLocationName": "toptracks_dagster", "repositoryName": "__repository__",
-        "sensorName": "artists_changed_sensor"}})["startSensor"]
+    started = client._execute(
+        START_SENSOR,
+        {
+            "selector": {
+                "repositoryLocationName": "toptracks_dagster",
+                "repositoryName": "__repository__",
+                "sensorName": "artists_changed_sensor",
+            }
+        },
+    )["startSensor"]
     assert started["__typename"] == "Sensor", started
     wanted = set(expected_keys(emulator.catalog, [*initial, newcomer], ["US", "CA"]))
     wait_for(lambda: set(scan_table(ddb, table)) == wanted, 300, "the new artist's tracks", interval_s=2)

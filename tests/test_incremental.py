@@ -26,8 +26,9 @@ def _exact(ddb, prod_env, emulator, ids):
     assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(expected_keys(emulator.catalog, ids, ["US", "CA"]))
 
 
-def test_first_load_reads_nothing_and_one_run_covers_every_market(prod_env, artists_table, emulator, ddb,
-                                                                  some_artist_ids):
+def test_first_load_reads_nothing_and_one_run_covers_every_market(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     artists_table.set_ids(some_artist_ids)
     with instance_for_test() as instance:
         result = run_all_markets(instance)
@@ -40,8 +41,9 @@ def test_first_load_reads_nothing_and_one_run_covers_every_market(prod_env, arti
     _exact(ddb, prod_env, emulator, some_artist_ids)
 
 
-def test_added_artists_cost_k_times_markets_and_removed_artists_cost_no_request(prod_env, artists_table, emulator,
-                                                                                  ddb, some_artist_ids):
+def test_added_artists_cost_k_times_markets_and_removed_artists_cost_no_request(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     base, added = some_artist_ids[:20], some_artist_ids[20:23]
     artists_table.set_ids(base)
     with instance_for_test() as instance:
@@ -68,11 +70,15 @@ def test_added_artists_cost_k_times_markets_and_removed_artists_cost_no_request(
         result = run_request(third.run_requests[0], instance)
         assert _requests(emulator) == before  # removed artists: zero Spotify requests
         _exact(ddb, prod_env, emulator, base[4:] + added)
-        assert {m: v["artists_removed"] for m, v in partition_metadata(result, "top_tracks").items()} == {"US": 4, "CA": 4}
+        assert {m: v["artists_removed"] for m, v in partition_metadata(result, "top_tracks").items()} == {
+            "US": 4,
+            "CA": 4,
+        }
 
 
-def test_unchanged_refresh_writes_nothing_and_its_checks_read_only_the_sample(prod_env, artists_table, emulator,
-                                                                            ddb, some_artist_ids, monkeypatch):
+def test_unchanged_refresh_writes_nothing_and_its_checks_read_only_the_sample(
+    prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch
+):
     monkeypatch.setenv("TOPTRACKS_CHECK_SAMPLE_SIZE", "4")
     artists_table.set_ids(some_artist_ids)
     with instance_for_test() as instance:
@@ -91,15 +97,19 @@ def test_unchanged_refresh_writes_nothing_and_its_checks_read_only_the_sample(pr
         assert match.metadata["verified_artists"].value == 4  # the sample, not the 30 artists
 
 
-def test_stalest_mode_refreshes_new_artists_first_then_the_oldest_lists(prod_env, artists_table, emulator, ddb,
-                                                                      some_artist_ids):
+def test_stalest_mode_refreshes_new_artists_first_then_the_oldest_lists(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     ids = some_artist_ids[:10]
     artists_table.set_ids(ids[:8])
     with instance_for_test() as instance:
         run_all_markets(instance)
         raw_file = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
-        stamps = {r["artist_id"]: r["requested_at"] for r in map(json.loads, raw_file.read_text().splitlines())
-                  if r["record"] == "outcome"}
+        stamps = {
+            r["artist_id"]: r["requested_at"]
+            for r in map(json.loads, raw_file.read_text().splitlines())
+            if r["record"] == "outcome"
+        }
         oldest = min(stamps, key=lambda a: (stamps[a], a))
         artists_table.add(*ids[8:])
         before = _requests(emulator)
@@ -107,8 +117,11 @@ def test_stalest_mode_refreshes_new_artists_first_then_the_oldest_lists(prod_env
         assert _requests(emulator) - before == 3 * 2
         raw = partition_metadata(result, "raw_top_tracks")
         assert raw["US"]["artists_new"] == 2 and raw["US"]["artists_fetched"] == 3
-        refreshed = {r["artist_id"]: r["requested_at"] for r in map(json.loads, raw_file.read_text().splitlines())
-                     if r["record"] == "outcome"}
+        refreshed = {
+            r["artist_id"]: r["requested_at"]
+            for r in map(json.loads, raw_file.read_text().splitlines())
+            if r["record"] == "outcome"
+        }
         assert refreshed[oldest] > stamps[oldest]  # the oldest stored list was the third pair refreshed
         assert sum(1 for a in ids[:8] if refreshed[a] != stamps[a]) == 1
     _exact(ddb, prod_env, emulator, ids)
@@ -128,8 +141,9 @@ def test_artists_mode_refreshes_only_the_given_artists(prod_env, artists_table, 
     _exact(ddb, prod_env, emulator, some_artist_ids[:10])
 
 
-def test_sensor_never_launches_twice_and_relaunches_a_failed_change(prod_env, artists_table, emulator, ddb,
-                                                                     some_artist_ids):
+def test_sensor_never_launches_twice_and_relaunches_a_failed_change(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     from dagster import DagsterRunStatus
 
     artists_table.set_ids(some_artist_ids[:5])
@@ -149,8 +163,9 @@ def test_sensor_never_launches_twice_and_relaunches_a_failed_change(prod_env, ar
         from tests.test_orchestration import mysql_resource
         from toptracks_dagster.artists_db.sensors import artists_changed_sensor
 
-        context = build_sensor_context(cursor=change.cursor, instance=instance,
-                                       resources={"artists_db": mysql_resource(artists_table)})
+        context = build_sensor_context(
+            cursor=change.cursor, instance=instance, resources={"artists_db": mysql_resource(artists_table)}
+        )
         retry = artists_changed_sensor(context)
         assert len(retry.run_requests) == 1 and retry.run_requests[0].run_key != change.run_requests[0].run_key
         emulator.settings.update({"forbid_all": False})

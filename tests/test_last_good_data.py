@@ -27,8 +27,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 def toptracks(tmp_path, *args, timeout=300, **popen):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
-    return subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "toptracks_dagster.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
 
 
 def local_instance_home(tmp_path) -> Path:
@@ -43,8 +50,14 @@ def test_killed_run_never_wedges_the_next_run(prod_env, artists_table, emulator,
     home = local_instance_home(tmp_path)
     emulator.settings.update({"latency_ms": 300.0})
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPOTIFY_CONCURRENCY": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "toptracks_dagster.cli", "run", "--log-level", "INFO"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "toptracks_dagster.cli", "run", "--log-level", "INFO"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while emulator.stats.as_dict()["requests"] < 3:  # the run holds the spotify_api slot and is fetching
         assert process.poll() is None and time.monotonic() < deadline, "the first run never started fetching"
@@ -52,19 +65,27 @@ def test_killed_run_never_wedges_the_next_run(prod_env, artists_table, emulator,
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     emulator.settings.update({"latency_ms": 0.0})
-    second = subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, "-m", "toptracks_dagster.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "freed the slot of run" in second.stdout
     assert not list((Path(prod_env["TOPTRACKS_RAW_DIR"])).rglob("*.tmp")), "orphaned temp files were left behind"
     from tests.helpers import expected_keys
 
     assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(
-        expected_keys(emulator.catalog, some_artist_ids, ["US", "CA"]))
+        expected_keys(emulator.catalog, some_artist_ids, ["US", "CA"])
+    )
 
 
 def test_corrupt_middle_line_is_refused_before_any_write_naming_file_line_and_market(
-        prod_env, artists_table, emulator, ddb, some_artist_ids):
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     artists_table.set_ids(some_artist_ids[:10])
     with instance_for_test() as instance:
         run_partition("US", instance)
@@ -77,8 +98,13 @@ def test_corrupt_middle_line_is_refused_before_any_write_naming_file_line_and_ma
         lines = path.read_text().splitlines()
         lines[5] = lines[5][: len(lines[5]) // 2]
         path.write_text("\n".join(lines) + "\n")
-        result = materialize([ALL_ASSETS[2]], partition_key="US", resources=build_resources("prod"),
-                             instance=instance, raise_on_error=False)
+        result = materialize(
+            [ALL_ASSETS[2]],
+            partition_key="US",
+            resources=build_resources("prod"),
+            instance=instance,
+            raise_on_error=False,
+        )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.user_failure_data.description
@@ -102,8 +128,9 @@ def test_artist_list_collapse_is_refused_without_consent(prod_env, artists_table
     assert {a for a, _ in scan_table(ddb, prod_env["TOPTRACKS_TABLE"])} <= set(some_artist_ids[:3])
 
 
-def test_load_refuses_to_delete_most_of_a_market_without_consent(prod_env, artists_table, emulator, ddb,
-                                                                 some_artist_ids):
+def test_load_refuses_to_delete_most_of_a_market_without_consent(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     artists_table.set_ids(some_artist_ids)
     with instance_for_test() as instance:
         run_partition("US", instance)
@@ -115,22 +142,30 @@ def test_load_refuses_to_delete_most_of_a_market_without_consent(prod_env, artis
         failure = next(e for e in refused.all_events if e.is_step_failure)
         assert "would delete" in failure.step_failure_data.user_failure_data.description
         assert scan_table(ddb, prod_env["TOPTRACKS_TABLE"]) == before
-        allowed = materialize(ALL_ASSETS, partition_key="US", resources=build_resources("prod"), instance=instance,
-                              tags={config.ALLOW_MASS_DELETE_TAG: "true"})
+        allowed = materialize(
+            ALL_ASSETS,
+            partition_key="US",
+            resources=build_resources("prod"),
+            instance=instance,
+            tags={config.ALLOW_MASS_DELETE_TAG: "true"},
+        )
         assert allowed.success
         assert partition_metadata(allowed, "top_tracks")["US"]["items_deleted"] > 0
 
 
-@pytest.mark.parametrize("name,value,words", [
-    ("SPOTIFY_REQUESTS_PER_SECOND", "-5", "at least 0"),
-    ("SPOTIFY_REQUESTS_PER_SECOND", "nan", "finite"),
-    ("SPOTIFY_CONCURRENCY", "0", "at least 1"),
-    ("SPOTIFY_CONCURRENCY", "-1", "at least 1"),
-    ("DYNAMODB_WRITE_CONCURRENCY", "0", "at least 1"),
-    ("TOPTRACKS_COUNTRIES", " ", "empty"),
-    ("AWS_REGION", "moon-1", "not an AWS region"),
-    ("TOPTRACKS_MAX_DELETE_SHARE", "2", "at most 1"),
-])
+@pytest.mark.parametrize(
+    "name,value,words",
+    [
+        ("SPOTIFY_REQUESTS_PER_SECOND", "-5", "at least 0"),
+        ("SPOTIFY_REQUESTS_PER_SECOND", "nan", "finite"),
+        ("SPOTIFY_CONCURRENCY", "0", "at least 1"),
+        ("SPOTIFY_CONCURRENCY", "-1", "at least 1"),
+        ("DYNAMODB_WRITE_CONCURRENCY", "0", "at least 1"),
+        ("TOPTRACKS_COUNTRIES", " ", "empty"),
+        ("AWS_REGION", "moon-1", "not an AWS region"),
+        ("TOPTRACKS_MAX_DELETE_SHARE", "2", "at most 1"),
+    ],
+)
 def test_bad_config_values_are_clear_errors(monkeypatch, name, value, words):
     from toptracks_dagster.deployments import build_resources as build
 
@@ -142,8 +177,9 @@ def test_bad_config_values_are_clear_errors(monkeypatch, name, value, words):
     assert name in str(raised.value) and words in str(raised.value)
 
 
-def test_unreachable_dynamodb_fails_at_once_with_the_endpoint_in_the_summary(prod_env, artists_table,
-                                                                             some_artist_ids, tmp_path, monkeypatch):
+def test_unreachable_dynamodb_fails_at_once_with_the_endpoint_in_the_summary(
+    prod_env, artists_table, some_artist_ids, tmp_path, monkeypatch
+):
     artists_table.set_ids(some_artist_ids[:3])
     local_instance_home(tmp_path)
     monkeypatch.setenv("DYNAMODB_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
@@ -183,16 +219,23 @@ def test_orphaned_temp_files_of_dead_writers_are_removed(tmp_path):
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_stop_a_run_promptly_and_release_its_slots(prod_env, artists_table, emulator,
-                                                                     some_artist_ids, tmp_path, signal_number):
+def test_ctrl_c_and_sigterm_stop_a_run_promptly_and_release_its_slots(
+    prod_env, artists_table, emulator, some_artist_ids, tmp_path, signal_number
+):
     from dagster import DagsterInstance, DagsterRunStatus
 
     artists_table.set_ids(some_artist_ids)
     home = local_instance_home(tmp_path)
     emulator.settings.update({"latency_ms": 300.0})
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPOTIFY_CONCURRENCY": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "toptracks_dagster.cli", "run"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "toptracks_dagster.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while emulator.stats.as_dict()["requests"] < 3:
         assert process.poll() is None and time.monotonic() < deadline

@@ -28,13 +28,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 def mysql_resource(artists_table) -> MySQLArtistsDatabase:
     server = artists_table.server
-    return MySQLArtistsDatabase(host=server["host"], port=server["port"], user=server["user"],
-                                password=server["password"], database=artists_table.database)
+    return MySQLArtistsDatabase(
+        host=server["host"],
+        port=server["port"],
+        user=server["user"],
+        password=server["password"],
+        database=artists_table.database,
+    )
 
 
 def tick(cursor, artists_table):
-    context = build_sensor_context(cursor=cursor, instance=DagsterInstance.ephemeral(),
-                                   resources={"artists_db": mysql_resource(artists_table)})
+    context = build_sensor_context(
+        cursor=cursor, instance=DagsterInstance.ephemeral(), resources={"artists_db": mysql_resource(artists_table)}
+    )
     return artists_changed_sensor(context)
 
 
@@ -43,7 +49,10 @@ def test_sensor_requests_one_run_for_every_market_on_change_and_nothing_otherwis
     first = tick(None, artists_table)
     assert len(first.run_requests) == 1
     request = first.run_requests[0]
-    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == ("US", "CA")
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+        "US",
+        "CA",
+    )
     assert request.run_config["ops"]["raw_top_tracks"]["config"]["mode"] == "changed"
     assert isinstance(tick(first.cursor, artists_table), SkipReason)
     artists_table.add(some_artist_ids[4])
@@ -52,8 +61,10 @@ def test_sensor_requests_one_run_for_every_market_on_change_and_nothing_otherwis
     assert second.run_requests[0].run_key != first.run_requests[0].run_key
     artists_table.remove(some_artist_ids[4])  # back to the first id set: still a new change, a new run key
     third = tick(second.cursor, artists_table)
-    assert third.run_requests and third.run_requests[0].run_key not in {first.run_requests[0].run_key,
-                                                                        second.run_requests[0].run_key}
+    assert third.run_requests and third.run_requests[0].run_key not in {
+        first.run_requests[0].run_key,
+        second.run_requests[0].run_key,
+    }
 
 
 def test_sensor_driven_runs_add_new_and_drop_removed_artists(prod_env, artists_table, emulator, ddb, some_artist_ids):
@@ -76,7 +87,10 @@ def test_schedules_request_one_run_for_every_market_and_are_off_by_default():
     context = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 27, 6, tzinfo=timezone.utc))
     request = daily_refresh(context)
     assert request.run_key == "daily-2026-11-27"
-    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == ("US", "CA")
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+        "US",
+        "CA",
+    )
     assert request.run_config["ops"]["raw_top_tracks"]["config"]["mode"] == "full"
     assert weekly_audit(context).run_key == "audit-2026-11-27"
     assert daily_refresh.default_status.value == "STOPPED" and weekly_audit.default_status.value == "STOPPED"
@@ -89,8 +103,11 @@ def postgres_database():
         import psycopg2
     except ImportError:  # installed with dagster-postgres (the `postgres` extra); never a silent skip in CI
         unavailable("psycopg2 is not installed: pip install -e '.[postgres]'")
-    params = {"host": os.environ.get("TEST_PG_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_PG_PORT", "5432")),
-              "user": os.environ.get("TEST_PG_USER", "postgres")}
+    params = {
+        "host": os.environ.get("TEST_PG_HOST", "127.0.0.1"),
+        "port": int(os.environ.get("TEST_PG_PORT", "5432")),
+        "user": os.environ.get("TEST_PG_USER", "postgres"),
+    }
     name = f"toptracks_dagster_{uuid.uuid4().hex[:8]}"
     try:
         admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **params)
@@ -105,16 +122,22 @@ def postgres_database():
     admin.close()
 
 
-def test_production_instance_config_runs_on_postgres(prod_env, artists_table, some_artist_ids, postgres_database,
-                                                     tmp_path, monkeypatch):
+def test_production_instance_config_runs_on_postgres(
+    prod_env, artists_table, some_artist_ids, postgres_database, tmp_path, monkeypatch
+):
     import psycopg2
 
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "docs" / "dagster.prod.yaml", home / "dagster.yaml")
-    for name, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": postgres_database["host"],
-                        "DAGSTER_PG_PORT": str(postgres_database["port"]), "DAGSTER_PG_USER": postgres_database["user"],
-                        "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": postgres_database["dbname"]}.items():
+    for name, value in {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": postgres_database["host"],
+        "DAGSTER_PG_PORT": str(postgres_database["port"]),
+        "DAGSTER_PG_USER": postgres_database["user"],
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": postgres_database["dbname"],
+    }.items():
         monkeypatch.setenv(name, value)
     artists_table.set_ids(some_artist_ids[:3])
     with DagsterInstance.get() as instance:

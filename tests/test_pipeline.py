@@ -104,15 +104,22 @@ def test_single_run_backfill_handles_a_partition_range(prod_env, artists_table, 
 
     artists_table.set_ids(some_artist_ids[:6])
     with instance_for_test() as instance:
-        result = materialize(ALL_ASSETS, resources=build_resources("prod"), instance=instance, tags={
-            "dagster/asset_partition_range_start": "US", "dagster/asset_partition_range_end": "CA"})
+        result = materialize(
+            ALL_ASSETS,
+            resources=build_resources("prod"),
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": "US", "dagster/asset_partition_range_end": "CA"},
+        )
         assert result.success
         materialized = instance.get_materialized_partitions(AssetKey("top_tracks"))
     assert materialized == {"US", "CA"}
     assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(
-        expected_keys(emulator.catalog, some_artist_ids[:6], ["US", "CA"]))
-    per_market = {event.partition: event.event_specific_data.materialization.metadata["dagster/row_count"].value
-                  for event in result.get_asset_materialization_events()
-                  if event.asset_key.to_user_string() == "top_tracks"}
+        expected_keys(emulator.catalog, some_artist_ids[:6], ["US", "CA"])
+    )
+    per_market = {
+        event.partition: event.event_specific_data.materialization.metadata["dagster/row_count"].value
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.to_user_string() == "top_tracks"
+    }
     expected = expected_keys(emulator.catalog, some_artist_ids[:6], ["US", "CA"])
     assert per_market == {m: sum(1 for _, key in expected if key.startswith(f"{m}#")) for m in ("US", "CA")}

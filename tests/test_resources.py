@@ -27,8 +27,15 @@ def all_event_text(instance) -> str:
 def test_mysql_down_names_host_and_not_the_password():
     password = secrets.token_urlsafe(16)
     port = free_port()  # nothing listens there
-    db = MySQLArtistsDatabase(host="127.0.0.1", port=port, user="etl", password=password, database="production",
-                              connect_attempts=2, connect_timeout_s=2)
+    db = MySQLArtistsDatabase(
+        host="127.0.0.1",
+        port=port,
+        user="etl",
+        password=password,
+        database="production",
+        connect_attempts=2,
+        connect_timeout_s=2,
+    )
     with pytest.raises(ArtistsDatabaseError) as raised:
         db.fetch_raw_ids()
     message = str(raised.value)
@@ -40,8 +47,13 @@ def test_missing_artists_table_is_named(artists_table):
     with artists_table.connect() as connection, connection.cursor() as cursor:
         cursor.execute("DROP TABLE artists")
     server = artists_table.server
-    db = MySQLArtistsDatabase(host=server["host"], port=server["port"], user=server["user"],
-                              password=server["password"], database=artists_table.database)
+    db = MySQLArtistsDatabase(
+        host=server["host"],
+        port=server["port"],
+        user=server["user"],
+        password=server["password"],
+        database=artists_table.database,
+    )
     with pytest.raises(ArtistsDatabaseError, match=rf"table `artists` does not exist in .*{artists_table.database}"):
         db.fetch_raw_ids()
 
@@ -49,8 +61,13 @@ def test_missing_artists_table_is_named(artists_table):
 def test_mysql_reads_ids_and_fingerprint_follows_the_id_set(artists_table, some_artist_ids):
     artists_table.set_ids(some_artist_ids[:3])
     server = artists_table.server
-    db = MySQLArtistsDatabase(host=server["host"], port=server["port"], user=server["user"],
-                              password=server["password"], database=artists_table.database)
+    db = MySQLArtistsDatabase(
+        host=server["host"],
+        port=server["port"],
+        user=server["user"],
+        password=server["password"],
+        database=artists_table.database,
+    )
     assert sorted(db.fetch_raw_ids()) == sorted(some_artist_ids[:3])
     before = db.id_set_fingerprint()
     assert db.id_set_fingerprint() == before
@@ -60,15 +77,20 @@ def test_mysql_reads_ids_and_fingerprint_follows_the_id_set(artists_table, some_
 
 def test_dead_dynamodb_endpoint_is_named():
     endpoint = f"http://127.0.0.1:{free_port()}"
-    resource = DynamoDBResource(endpoint_url=endpoint, region_name="ap-northeast-2", max_attempts=1,
-                                aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
-                                aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+    resource = DynamoDBResource(
+        endpoint_url=endpoint,
+        region_name="ap-northeast-2",
+        max_attempts=1,
+        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
     with pytest.raises(DynamoDBUnavailable, match=endpoint):
         ensure_table(resource.get_client(), "top_tracks", resource.describe_endpoint())
 
 
-def test_bad_spotify_credentials_fail_the_partition_without_leaking(prod_env, artists_table, emulator,
-                                                                    some_artist_ids, monkeypatch):
+def test_bad_spotify_credentials_fail_the_partition_without_leaking(
+    prod_env, artists_table, emulator, some_artist_ids, monkeypatch
+):
     artists_table.set_ids(some_artist_ids[:3])
     wrong_secret = secrets.token_urlsafe(24)
     monkeypatch.setenv("SPOTIFY_CLIENT_SECRET", wrong_secret)
@@ -77,8 +99,9 @@ def test_bad_spotify_credentials_fail_the_partition_without_leaking(prod_env, ar
         from toptracks_dagster.artists_db.assets import artist_ids
 
         assert materialize([artist_ids], resources=resources, instance=instance).success
-        result = materialize([raw_top_tracks], partition_key="US", resources=resources, instance=instance,
-                             raise_on_error=False)
+        result = materialize(
+            [raw_top_tracks], partition_key="US", resources=resources, instance=instance, raise_on_error=False
+        )
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
         assert "invalid_client" in failure.step_failure_data.error.message

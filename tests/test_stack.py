@@ -29,23 +29,39 @@ def stack_env(tmp_path):
     """Variables of a private stack: state, raw dir and instance under tmp_path, any free ports."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "SPOTIFY_", "MYSQL_", "TOPTRACKS_",
-                                                                      "DYNAMODB_", "AWS_"))}
-    env.update({
-        "TOPTRACKS_LOCAL_DIR": str(tmp_path / "local"),
-        "TOPTRACKS_RAW_DIR": str(tmp_path / "raw"),
-        "DAGSTER_HOME": str(home),
-        "TOPTRACKS_STACK_SPOTIFY_PORT": "0",
-        "TOPTRACKS_STACK_DYNAMODB_PORT": "0",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DAGSTER_", "SPOTIFY_", "MYSQL_", "TOPTRACKS_", "DYNAMODB_", "AWS_"))
+    }
+    env.update(
+        {
+            "TOPTRACKS_LOCAL_DIR": str(tmp_path / "local"),
+            "TOPTRACKS_RAW_DIR": str(tmp_path / "raw"),
+            "DAGSTER_HOME": str(home),
+            "TOPTRACKS_STACK_SPOTIFY_PORT": "0",
+            "TOPTRACKS_STACK_DYNAMODB_PORT": "0",
+        }
+    )
     yield env
-    subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", "stack", "stop"], cwd=tmp_path, env=env,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "toptracks_dagster.cli", "stack", "stop"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def toptracks(env: dict, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    completed = subprocess.run([sys.executable, "-m", "toptracks_dagster.cli", *args], cwd=cwd, env=env,
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", "toptracks_dagster.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check:
         assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     return completed
@@ -56,16 +72,23 @@ def read_state(env: dict) -> dict:
 
 
 def ddb_client(state: dict):
-    return boto3.client("dynamodb", endpoint_url=stack.environment(state)["DYNAMODB_ENDPOINT_URL"],
-                        region_name="ap-northeast-2", aws_access_key_id=state["aws_access_key_id"],
-                        aws_secret_access_key=state["aws_secret_access_key"])
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=stack.environment(state)["DYNAMODB_ENDPOINT_URL"],
+        region_name="ap-northeast-2",
+        aws_access_key_id=state["aws_access_key_id"],
+        aws_secret_access_key=state["aws_secret_access_key"],
+    )
 
 
 def create_table(state: dict, name: str) -> None:
     client = ddb_client(state)
-    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
-                        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
-                        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}])
+    client.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+    )
     client.put_item(TableName=name, Item={"k": {"S": "kept"}})
 
 
@@ -115,6 +138,7 @@ def test_stale_pids_are_detected_and_a_new_stack_replaces_them(stack_env, tmp_pa
         if not stack.process_alive(spotify["pid"], spotify["marker"]):
             break
         import time
+
         time.sleep(0.05)
 
     status = toptracks(stack_env, tmp_path, "stack", "status", check=False)
@@ -139,7 +163,9 @@ def test_reset_empties_dynamodb_and_raw_dir_and_the_instance_forgets(stack_env, 
     home = stack_env["DAGSTER_HOME"]
     with DagsterInstance.from_ref(InstanceRef.from_dir(home)) as instance:
         for key in ("artist_ids", "raw_top_tracks", "top_tracks"):
-            instance.report_runless_asset_event(AssetMaterialization(key, partition=None if key == "artist_ids" else "US"))
+            instance.report_runless_asset_event(
+                AssetMaterialization(key, partition=None if key == "artist_ids" else "US")
+            )
         assert instance.get_latest_materialization_event(AssetKey("top_tracks")) is not None
 
     reset = toptracks(stack_env, tmp_path, "stack", "reset")
@@ -150,8 +176,11 @@ def test_reset_empties_dynamodb_and_raw_dir_and_the_instance_forgets(stack_env, 
     with DagsterInstance.from_ref(InstanceRef.from_dir(home)) as instance:
         for key in ("artist_ids", "raw_top_tracks", "top_tracks"):
             assert instance.get_latest_materialization_event(AssetKey(key)) is None, key
-            observed = instance.get_latest_observation_event(AssetKey(key)) if hasattr(
-                instance, "get_latest_observation_event") else None
+            observed = (
+                instance.get_latest_observation_event(AssetKey(key))
+                if hasattr(instance, "get_latest_observation_event")
+                else None
+            )
             if observed is not None:
                 assert "reset" in str(observed.asset_observation.metadata["wiped"].value)
     # The stack itself kept running.

@@ -35,14 +35,20 @@ class CheckOutcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def cannot_evaluate(cls, name: str, error: str, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
-                        metadata: dict | None = None) -> "CheckOutcome":
+    def cannot_evaluate(
+        cls,
+        name: str,
+        error: str,
+        severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
+        metadata: dict | None = None,
+    ) -> "CheckOutcome":
         return cls(name, False, severity, CANNOT_EVALUATE + error, {**(metadata or {}), "error": error})
 
 
 def check_spec(asset: str, name: str, description: str, partitions_def=None, blocking: bool = False) -> AssetCheckSpec:
-    return AssetCheckSpec(name=name, asset=asset, description=description, blocking=blocking,
-                          partitions_def=partitions_def)
+    return AssetCheckSpec(
+        name=name, asset=asset, description=description, blocking=blocking, partitions_def=partitions_def
+    )
 
 
 def emit_check_results(
@@ -58,14 +64,24 @@ def emit_check_results(
         for outcome in results:
             spec = specs[outcome.name]
             if single:
-                yield AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, passed=outcome.passed,
-                                       severity=outcome.severity, description=outcome.description,
-                                       metadata=outcome.metadata)
+                yield AssetCheckResult(
+                    asset_key=spec.asset_key,
+                    check_name=spec.name,
+                    passed=outcome.passed,
+                    severity=outcome.severity,
+                    description=outcome.description,
+                    metadata=outcome.metadata,
+                )
                 continue
             yield AssetCheckEvaluation(
-                asset_key=spec.asset_key, check_name=spec.name, passed=outcome.passed,
-                severity=outcome.severity, description=outcome.description, metadata=outcome.metadata,
-                blocking=spec.blocking, partition=partition,
+                asset_key=spec.asset_key,
+                check_name=spec.name,
+                passed=outcome.passed,
+                severity=outcome.severity,
+                description=outcome.description,
+                metadata=outcome.metadata,
+                blocking=spec.blocking,
+                partition=partition,
                 target_materialization_data=target_materialization(context, spec.asset_key, partition),
             )
     if not single:

@@ -40,16 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run top_tracks_job for each country partition and print a summary")
     run.add_argument("--countries", help="comma list of partitions to run (default: all of TOPTRACKS_COUNTRIES)")
-    run.add_argument("--mode", default="full", choices=["full", "changed", "stalest", "artists"],
-                     help="which artists to fetch: all (full), new to a market (changed), the --limit oldest lists "
-                          "(stalest), or --artists")
+    run.add_argument(
+        "--mode",
+        default="full",
+        choices=["full", "changed", "stalest", "artists"],
+        help="which artists to fetch: all (full), new to a market (changed), the --limit oldest lists "
+        "(stalest), or --artists",
+    )
     run.add_argument("--limit", type=int, default=0, help="stalest: (artist, market) pairs per market")
     run.add_argument("--artists", help="artists: comma list of artist ids to refresh")
     run.add_argument("--reason", help="why this refresh runs (recorded in the metadata)")
-    run.add_argument("--allow-mass-delete", action="store_true",
-                     help=f"consent to deleting more than TOPTRACKS_MAX_DELETE_SHARE of a market (run tag "
-                          f"{config.ALLOW_MASS_DELETE_TAG})")
-    run.add_argument("--log-level", default="WARNING", help="Dagster console log level (the instance keeps every event)")
+    run.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help=f"consent to deleting more than TOPTRACKS_MAX_DELETE_SHARE of a market (run tag "
+        f"{config.ALLOW_MASS_DELETE_TAG})",
+    )
+    run.add_argument(
+        "--log-level", default="WARNING", help="Dagster console log level (the instance keeps every event)"
+    )
     dev = commands.add_parser("dev", help="start the Dagster UI and daemon (with the local stack when local)")
     dev.add_argument("--port", type=int, default=3000)
     add_query_commands(commands)
@@ -91,8 +100,11 @@ def _use_local_stack(out=None) -> None:
             os.environ.update(stack.ensure_local_stack(announce=started.append))
         except stack.StackError as error:
             raise config.ConfigError(str(error)) from None
-        print(started[0] if started else f"local stack: {stack.describe(stack.load_state(stack.local_dir()))}",
-              file=out, flush=True)
+        print(
+            started[0] if started else f"local stack: {stack.describe(stack.load_state(stack.local_dir()))}",
+            file=out,
+            flush=True,
+        )
 
 
 def _prepare_environment(stack_guard: ExitStack) -> None:
@@ -157,8 +169,12 @@ def _run(args) -> int:
         instance = DagsterInstance.get()
         for message in free_slots_of_dead_runs(instance):
             print(message, flush=True)
-        refresh = {"mode": args.mode, "limit": args.limit, "reason": args.reason or f"toptracks run --mode {args.mode}",
-                   "artist_ids": [a.strip() for a in (args.artists or "").split(",") if a.strip()]}
+        refresh = {
+            "mode": args.mode,
+            "limit": args.limit,
+            "reason": args.reason or f"toptracks run --mode {args.mode}",
+            "artist_ids": [a.strip() for a in (args.artists or "").split(",") if a.strip()],
+        }
         run_config = {
             "loggers": {"console": {"config": {"log_level": args.log_level.upper()}}},
             "ops": {"raw_top_tracks": {"config": refresh}},
@@ -177,8 +193,11 @@ def _run(args) -> int:
         print(f"running top_tracks_job for {', '.join(markets)} in one run (mode {args.mode}) ...", flush=True)
         started = time.monotonic()
         result = _execute_interruptibly(
-            instance, lambda run_id: job.execute_in_process(run_config=run_config, instance=instance, tags=tags,
-                                                            run_id=run_id, raise_on_error=False))
+            instance,
+            lambda run_id: job.execute_in_process(
+                run_config=run_config, instance=instance, tags=tags, run_id=run_id, raise_on_error=False
+            ),
+        )
         summary = summarize(result, markets, time.monotonic() - started)
         print_summary(summary)
         print(f"\nrun {result.run_id} recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
@@ -209,8 +228,10 @@ def _execute_interruptibly(instance, execute):
         except BaseException as error:  # surfaced on the main thread
             outcome["error"] = error
 
-    previous = {sig: signal.signal(sig, lambda number, _frame: received.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda number, _frame: received.append(number))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         worker = threading.Thread(target=work, name="toptracks-run", daemon=True)
         worker.start()
@@ -220,8 +241,12 @@ def _execute_interruptibly(instance, execute):
                 name = signal.Signals(received[0]).name
                 print(f"\n{name}: stopping run {run_id} ...", file=sys.stderr, flush=True)
                 cancel_run(instance, run_id, f"stopped by {name} from the terminal or a supervisor")
-                print(f"run {run_id} canceled; its pool slots are free. The next run continues from the last "
-                      "published data.", file=sys.stderr, flush=True)
+                print(
+                    f"run {run_id} canceled; its pool slots are free. The next run continues from the last "
+                    "published data.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os._exit(128 + received[0])
     finally:
         for sig, handler in previous.items():
@@ -229,6 +254,8 @@ def _execute_interruptibly(instance, execute):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
 def _plan(args) -> int:
     """Print what the budget keeps. Exit 0 when it keeps the target, 3 when the catalogue is past it."""
     from toptracks_dagster.spotify.budget import ROLLING_INTERVAL_S, RotationPlan
@@ -248,12 +275,15 @@ def _plan(args) -> int:
     if artists < 0 or markets < 1 or (budget is not None and budget < 1) or target <= 0:
         raise config.ConfigError("--artists must be >= 0, --markets, --budget and --target-days above 0")
     if budget is None:
-        print(f"no request budget (TOPTRACKS_REQUESTS_PER_DAY unset): runs are not capped; a full refresh costs "
-              f"{artists * markets:,} requests ({artists:,} artists x {markets} markets). Keeping every list within "
-              f"{target:g} day(s) needs a budget of at least {-(-artists * markets // max(1, int(target))):,} a day.")
+        print(
+            f"no request budget (TOPTRACKS_REQUESTS_PER_DAY unset): runs are not capped; a full refresh costs "
+            f"{artists * markets:,} requests ({artists:,} artists x {markets} markets). Keeping every list within "
+            f"{target:g} day(s) needs a budget of at least {-(-artists * markets // max(1, int(target))):,} a day."
+        )
         return 0
-    rotation = RotationPlan(artists=artists, markets=markets, budget=budget, runs_per_day=86400 // ROLLING_INTERVAL_S,
-                            target_days=target)
+    rotation = RotationPlan(
+        artists=artists, markets=markets, budget=budget, runs_per_day=86400 // ROLLING_INTERVAL_S, target_days=target
+    )
     for line in rotation.lines():
         print(line)
     return 0 if rotation.keeps_target else 3
@@ -262,7 +292,9 @@ def _plan(args) -> int:
 def _dev(port: int) -> int:
     with ExitStack() as stack_guard:
         _prepare_environment(stack_guard)
-        target = ["-w", "workspace.yaml"] if Path("workspace.yaml").exists() else ["-m", "toptracks_dagster.definitions"]
+        target = (
+            ["-w", "workspace.yaml"] if Path("workspace.yaml").exists() else ["-m", "toptracks_dagster.definitions"]
+        )
         command = [sys.executable, "-m", "dagster", "dev", *target, "-h", "127.0.0.1", "-p", str(port)]
         try:
             return subprocess.call(command, env=os.environ.copy())

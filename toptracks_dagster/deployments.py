@@ -57,10 +57,14 @@ def _local_resources() -> dict:
         os.environ.update(stack.ensure_local_stack())
     host = "127.0.0.1"
     return {
-        "artists_db": SQLiteArtistsDatabase(path=config.env("TOPTRACKS_LOCAL_ARTISTS_DB", config.DEFAULT_LOCAL_ARTISTS_DB)),
+        "artists_db": SQLiteArtistsDatabase(
+            path=config.env("TOPTRACKS_LOCAL_ARTISTS_DB", config.DEFAULT_LOCAL_ARTISTS_DB)
+        ),
         "spotify": _spotify(
-            f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/v1", f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/api/token",
-            concurrency=16, rate=0.0,
+            f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/v1",
+            f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/api/token",
+            concurrency=16,
+            rate=0.0,
         ),
         "dynamodb": _dynamodb(f"http://{host}:{config.LOCAL_DYNAMODB_PORT}"),
         "raw_storage": LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR)),
@@ -92,7 +96,9 @@ def _prod_resources() -> dict:
             region_name=config.region(),
             ssl_ca=config.env("MYSQL_SSL_CA"),
         ),
-        "spotify": _spotify(config.DEFAULT_SPOTIFY_API_BASE_URL, config.DEFAULT_SPOTIFY_TOKEN_URL, concurrency=8, rate=20.0),
+        "spotify": _spotify(
+            config.DEFAULT_SPOTIFY_API_BASE_URL, config.DEFAULT_SPOTIFY_TOKEN_URL, concurrency=8, rate=20.0
+        ),
         "dynamodb": _dynamodb(None),
         "raw_storage": raw_storage,
     }

@@ -69,22 +69,29 @@ def root_cause(failure_data) -> str:
 
 
 def print_summary(summary: RunSummary) -> None:
-    header = (f"{'market':<8}{'artists':>8}{'fetched':>8}{'404':>6}{'tracks':>8}{'written':>9}{'unchanged':>10}"
-              f"{'deleted':>9}  raw")
+    header = (
+        f"{'market':<8}{'artists':>8}{'fetched':>8}{'404':>6}{'tracks':>8}{'written':>9}{'unchanged':>10}"
+        f"{'deleted':>9}  raw"
+    )
     print("\n" + header)
     print("-" * len(header))
     for market, assets in summary.rows.items():
         raw = assets.get("raw_top_tracks", {})
         table = assets.get("top_tracks", {})
         published = "" if not raw else ("published" if raw.get("published") else "REJECTED (previous kept)")
-        print(f"{market:<8}{raw.get('artists', '-'):>8}{raw.get('artists_fetched', '-'):>8}"
-              f"{raw.get('artists_not_found_404', '-'):>6}{raw.get('tracks', '-'):>8}{table.get('items_written', '-'):>9}"
-              f"{table.get('items_unchanged', '-'):>10}{table.get('items_deleted', '-'):>9}  {published}")
+        print(
+            f"{market:<8}{raw.get('artists', '-'):>8}{raw.get('artists_fetched', '-'):>8}"
+            f"{raw.get('artists_not_found_404', '-'):>6}{raw.get('tracks', '-'):>8}{table.get('items_written', '-'):>9}"
+            f"{table.get('items_unchanged', '-'):>10}{table.get('items_deleted', '-'):>9}  {published}"
+        )
     spotify = summary.run_metadata.get("raw_top_tracks") or next(
-        (assets["raw_top_tracks"] for assets in summary.rows.values() if "raw_top_tracks" in assets), {})
+        (assets["raw_top_tracks"] for assets in summary.rows.values() if "raw_top_tracks" in assets), {}
+    )
     if spotify:
-        print(f"\n{spotify.get('run_requests', 0)} Spotify requests ({spotify.get('run_responses_429', 0)} answered 429) "
-              f"in {summary.seconds:.1f} s in all")
+        print(
+            f"\n{spotify.get('run_requests', 0)} Spotify requests ({spotify.get('run_responses_429', 0)} answered 429) "
+            f"in {summary.seconds:.1f} s in all"
+        )
     else:
         print(f"\n{summary.seconds:.1f} s in all")
     for line in summary.warnings:
@@ -115,7 +122,9 @@ def free_slots_of_dead_runs(instance: DagsterInstance) -> list[str]:
                 if not pid or run.tags.get("toptracks/host") != host or _alive(int(pid)):
                     messages.append(f"pool {pool}: slot held by run {run_id} ({run.status.value}); waiting for it")
                     continue
-                instance.report_run_failed(run, f"process {pid} of this run is gone (killed); its pool slots were freed")
+                instance.report_run_failed(
+                    run, f"process {pid} of this run is gone (killed); its pool slots were freed"
+                )
             storage.free_concurrency_slots_for_run(run_id)
             messages.append(f"pool {pool}: freed the slot of run {run_id}, whose process is gone")
     return messages

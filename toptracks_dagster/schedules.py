@@ -27,8 +27,11 @@ from toptracks_dagster.spotify.budget import (
 )
 def daily_refresh(context: ScheduleEvaluationContext):
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return RunRequest(run_key=f"daily-{day}", tags={**all_markets_tags(), "trigger": "daily_refresh"},
-                      run_config={"ops": {"raw_top_tracks": {"config": {"mode": "full", "reason": "daily_refresh"}}}})
+    return RunRequest(
+        run_key=f"daily-{day}",
+        tags={**all_markets_tags(), "trigger": "daily_refresh"},
+        run_config={"ops": {"raw_top_tracks": {"config": {"mode": "full", "reason": "daily_refresh"}}}},
+    )
 
 
 @schedule(
@@ -44,7 +47,6 @@ def weekly_audit(context: ScheduleEvaluationContext):
     return RunRequest(run_key=f"audit-{day}")
 
 
-
 @schedule(
     name="rolling_refresh",
     cron_schedule="0 * * * *",
@@ -55,7 +57,8 @@ def weekly_audit(context: ScheduleEvaluationContext):
         "Hourly, with TOPTRACKS_REQUESTS_PER_DAY set: one run over every market that refreshes the stalest "
         "(artist, market) pairs first (artists without a list before all others), sized to what is left of the "
         "UTC day's budget shared by the ticks left today, and capped at that inside the run (retries and 404s "
-        "count); it plans 10 % fewer pairs than that for retries, except the day's last tick. Every pair is refreshed at least every ceil(artists x markets / budget) days (`toptracks plan`). "
+        "count); it plans 10 % fewer pairs than that for retries, except the day's last tick. Every pair is "
+        "refreshed at least every ceil(artists x markets / budget) days (`toptracks plan`). "
         "Costs exactly the budget per day; skips when the budget is unset or spent."
     ),
 )
@@ -75,7 +78,16 @@ def rolling_refresh(context: ScheduleEvaluationContext, raw_storage: RawStorage)
     return RunRequest(
         run_key=f"rolling-{stamp}",
         tags={**all_markets_tags(), "trigger": "rolling_refresh"},
-        run_config={"ops": {"raw_top_tracks": {"config": {
-            "mode": "stalest", "pairs": run_pairs(allowance, now, ROLLING_INTERVAL_S), "max_requests": allowance,
-            "reason": f"rolling_refresh {stamp}: {allowance} of {budget - spent} requests left today"}}}},
+        run_config={
+            "ops": {
+                "raw_top_tracks": {
+                    "config": {
+                        "mode": "stalest",
+                        "pairs": run_pairs(allowance, now, ROLLING_INTERVAL_S),
+                        "max_requests": allowance,
+                        "reason": f"rolling_refresh {stamp}: {allowance} of {budget - spent} requests left today",
+                    }
+                }
+            }
+        },
     )

@@ -17,8 +17,20 @@ def test_trims_dedupes_and_keeps_order():
     assert screened.rows == 4
 
 
-@pytest.mark.parametrize("bad", ["", "short", GOOD + "x", "../../v1/me/player", GOOD[:21] + "/", GOOD[:21] + "é",
-                                 None, 12345, GOOD[:11] + " " + GOOD[12:]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "short",
+        GOOD + "x",
+        "../../v1/me/player",
+        GOOD[:21] + "/",
+        GOOD[:21] + "é",
+        None,
+        12345,
+        GOOD[:11] + " " + GOOD[12:],
+    ],
+)
 def test_rejects_anything_not_base62_22(bad):
     screened = screen_artist_ids([bad, GOOD])
     assert screened.valid == [GOOD]

@@ -18,7 +18,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster._core.instance.ref import InstanceRef
 
-from tests.test_e2e_dagster_dev import REPO, dagster_dev, wait_for  # noqa: F401  (dagster_dev is a fixture)
+from tests.test_e2e_dagster_dev import REPO, dagster_dev, wait_for  # noqa: F401, F811  (dagster_dev is a fixture)
 
 POOL = "spotify_api"
 
@@ -56,8 +56,14 @@ def test_repo_instance_config_enables_run_monitoring_that_frees_slots():
         assert monitoring["poll_interval_seconds"] > 0, path
 
 
-def test_slot_of_a_killed_run_is_freed_for_the_next_run(dagster_dev, prod_env, artists_table, emulator,
-                                                        some_artist_ids, tmp_path):
+def test_slot_of_a_killed_run_is_freed_for_the_next_run(
+    dagster_dev,  # noqa: F811  (the fixture imported above)
+    prod_env,
+    artists_table,
+    emulator,
+    some_artist_ids,
+    tmp_path,
+):
     client, log_path = dagster_dev
     artists_table.set_ids(some_artist_ids)
     # Slow answers keep the first run's Spotify step (and its slot) busy until it is killed.
@@ -68,8 +74,9 @@ def test_slot_of_a_killed_run_is_freed_for_the_next_run(dagster_dev, prod_env, a
         first = client.submit_job_execution("top_tracks_job", tags={"dagster/partition": "US"})
 
         def slot_held_by_first_run():
-            assert instance.get_run_by_id(first).status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS), \
+            assert instance.get_run_by_id(first).status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS), (
                 log_path.read_text()[-3000:]
+            )
             return first in instance.event_log_storage.get_concurrency_info(POOL).active_run_ids
 
         wait_for(slot_held_by_first_run, 180, f"the first run to claim the {POOL} slot", interval_s=0.5)
@@ -79,8 +86,11 @@ def test_slot_of_a_killed_run_is_freed_for_the_next_run(dagster_dev, prod_env, a
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
 
-        wait_for(lambda: instance.get_run_by_id(first).status == DagsterRunStatus.FAILURE, 120,
-                 "the killed run to be marked failed")
+        wait_for(
+            lambda: instance.get_run_by_id(first).status == DagsterRunStatus.FAILURE,
+            120,
+            "the killed run to be marked failed",
+        )
         emulator.settings.update({"latency_ms": 0.0})
 
         second = client.submit_job_execution("top_tracks_job", tags={"dagster/partition": "CA"})
@@ -91,7 +101,8 @@ def test_slot_of_a_killed_run_is_freed_for_the_next_run(dagster_dev, prod_env, a
         wait_for(second_finished, 300, "the next run (it waits for the pool slot until the dead run's is freed)")
         assert instance.get_run_by_id(second).status == DagsterRunStatus.SUCCESS, log_path.read_text()[-3000:]
         spotify_steps = [
-            e for e in instance.all_logs(second, of_type=DagsterEventType.STEP_SUCCESS)
+            e
+            for e in instance.all_logs(second, of_type=DagsterEventType.STEP_SUCCESS)
             if e.step_key == "raw_top_tracks"
         ]
         assert spotify_steps, "the next run's Spotify step did not run"

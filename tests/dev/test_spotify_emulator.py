@@ -45,8 +45,9 @@ def http() -> Iterator[requests.Session]:
 
 
 def fetch_token(emu: SpotifyEmulator, http: requests.Session) -> str:
-    response = http.post(emu.token_url, data={"grant_type": "client_credentials"},
-                         auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
+    response = http.post(
+        emu.token_url, data={"grant_type": "client_credentials"}, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5
+    )
     assert response.status_code == 200, response.text
     return response.json()["access_token"]
 
@@ -56,10 +57,15 @@ def token(emu: SpotifyEmulator, http: requests.Session) -> str:
     return fetch_token(emu, http)
 
 
-def top_tracks(emu: SpotifyEmulator, http: requests.Session, token: str, artist_id: str, market: str = "US",
-               timeout: float = 5) -> requests.Response:
-    return http.get(f"{emu.base_url}/artists/{artist_id}/top-tracks", params={"market": market},
-                    headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+def top_tracks(
+    emu: SpotifyEmulator, http: requests.Session, token: str, artist_id: str, market: str = "US", timeout: float = 5
+) -> requests.Response:
+    return http.get(
+        f"{emu.base_url}/artists/{artist_id}/top-tracks",
+        params={"market": market},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout,
+    )
 
 
 def full_list_artists(catalog: Catalog, count: int) -> list[str]:
@@ -89,8 +95,9 @@ def error_of(response: requests.Response) -> tuple[int, str]:
 
 
 def test_token_success(emu: SpotifyEmulator, http: requests.Session) -> None:
-    response = http.post(emu.token_url, data={"grant_type": "client_credentials"},
-                         auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
+    response = http.post(
+        emu.token_url, data={"grant_type": "client_credentials"}, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
@@ -177,7 +184,10 @@ def test_markets_share_tracks_in_different_orders(emu: SpotifyEmulator, http: re
         for track in us.json()["tracks"]:  # the same track object, whatever the market
             if track["id"] in ca_by_id:
                 assert (track["name"], track["popularity"], track["album"]) == (
-                    ca_by_id[track["id"]]["name"], ca_by_id[track["id"]]["popularity"], ca_by_id[track["id"]]["album"])
+                    ca_by_id[track["id"]]["name"],
+                    ca_by_id[track["id"]]["popularity"],
+                    ca_by_id[track["id"]]["album"],
+                )
     assert reordered >= 1
 
 
@@ -197,8 +207,9 @@ def test_invalid_input_is_400(emu: SpotifyEmulator, http: requests.Session, toke
     assert error_of(top_tracks(emu, http, token, "not-a-base62-id")) == (400, "Invalid base62 id")
     assert error_of(top_tracks(emu, http, token, artist_id[:-1])) == (400, "Invalid base62 id")
     assert error_of(top_tracks(emu, http, token, artist_id, "us")) == (400, "Invalid market code")
-    no_market = http.get(f"{emu.base_url}/artists/{artist_id}/top-tracks",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    no_market = http.get(
+        f"{emu.base_url}/artists/{artist_id}/top-tracks", headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
     assert error_of(no_market) == (400, "Invalid market code")
 
 
@@ -392,9 +403,24 @@ def test_stop_closes_keep_alive_connections(emu: SpotifyEmulator, http: requests
 def test_standalone_process() -> None:
     env = {**os.environ, "EMULATOR_TEST_SECRET": CLIENT_SECRET}
     process = subprocess.Popen(
-        [sys.executable, "-m", "toptracks_dagster.dev.spotify_emulator", "--port", "0", "--client-id", CLIENT_ID,
-         "--client-secret-env", "EMULATOR_TEST_SECRET", "--seed", str(SEED)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "toptracks_dagster.dev.spotify_emulator",
+            "--port",
+            "0",
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-env",
+            "EMULATOR_TEST_SECRET",
+            "--seed",
+            str(SEED),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     watchdog = threading.Timer(30, process.kill)
     watchdog.start()
@@ -403,8 +429,12 @@ def test_standalone_process() -> None:
         match = re.fullmatch(r"spotify emulator listening on (http://127\.0\.0\.1:\d+)\n", ready)
         assert match, ready + process.stderr.read()
         with requests.Session() as http:
-            response = http.post(match.group(1) + "/api/token", data={"grant_type": "client_credentials"},
-                                 auth=(CLIENT_ID, CLIENT_SECRET), timeout=5)
+            response = http.post(
+                match.group(1) + "/api/token",
+                data={"grant_type": "client_credentials"},
+                auth=(CLIENT_ID, CLIENT_SECRET),
+                timeout=5,
+            )
             assert response.status_code == 200
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=10)

@@ -147,11 +147,14 @@ def _handler_for(proxy: FaultProxy):
                 return self._drop()
             if operation == "BatchWriteItem" and proxy._hit("throttle", plan.throttle_share, identity):
                 proxy._count(throttled=1)
-                return self._answer(400, {
-                    "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-                    "message": "The level of configured provisioned throughput for the table was exceeded. "
-                               "Consider increasing your provisioning level with the UpdateTable API.",
-                })
+                return self._answer(
+                    400,
+                    {
+                        "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                        "message": "The level of configured provisioned throughput for the table was exceeded. "
+                        "Consider increasing your provisioning level with the UpdateTable API.",
+                    },
+                )
             held: dict[str, list] = {}
             if operation == "BatchWriteItem" and plan.unprocessed_share > 0:
                 body, held = self._hold_back(body)
@@ -180,7 +183,9 @@ def _handler_for(proxy: FaultProxy):
                 for request in requests:
                     # The item's key (and kind) identifies it across resends.
                     inner = request.get("PutRequest", {}).get("Item") or request.get("DeleteRequest", {}).get("Key")
-                    identity = json.dumps([table, sorted(request), inner.get("artist_id"), inner.get("country_track_id")])
+                    identity = json.dumps(
+                        [table, sorted(request), inner.get("artist_id"), inner.get("country_track_id")]
+                    )
                     if proxy._hit("unprocessed", proxy.plan.unprocessed_share, identity):
                         held.setdefault(table, []).append(request)
                     else:

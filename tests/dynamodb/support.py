@@ -21,8 +21,16 @@ from toptracks_dagster.spotify.client import TopTracksOutcome
 T0 = "2026-03-01T00:00:00.000Z"
 T1 = "2026-03-02T00:00:00.000Z"
 T2 = "2026-03-03T00:00:00.000Z"
-WRITE_OPERATIONS = {"BatchWriteItem", "PutItem", "DeleteItem", "UpdateItem", "TransactWriteItems",
-                    "BatchExecuteStatement", "ExecuteStatement", "ExecuteTransaction"}
+WRITE_OPERATIONS = {
+    "BatchWriteItem",
+    "PutItem",
+    "DeleteItem",
+    "UpdateItem",
+    "TransactWriteItems",
+    "BatchExecuteStatement",
+    "ExecuteStatement",
+    "ExecuteTransaction",
+}
 FAST = {"base_delay_s": 0.001, "max_delay_s": 0.01}
 
 
@@ -43,8 +51,11 @@ def load(client, table: str, market: str, outs, **kwargs) -> LoadStats:
 def resource_client(endpoint: str, max_attempts: int = 3):
     """A client built the way the pipeline builds it (DynamoDBResource), pointed at `endpoint`."""
     return DynamoDBResource(
-        endpoint_url=endpoint, region_name=TEST_AWS_ENV["AWS_REGION"], max_attempts=max_attempts,
-        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=endpoint,
+        region_name=TEST_AWS_ENV["AWS_REGION"],
+        max_attempts=max_attempts,
+        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         write_concurrency=4,
     ).get_client()
 
@@ -52,8 +63,11 @@ def resource_client(endpoint: str, max_attempts: int = 3):
 def client_without_sdk_retries(endpoint: str):
     """A client on which botocore never retries, so only the loader's own resends remain."""
     return boto3.client(
-        "dynamodb", endpoint_url=endpoint, region_name=TEST_AWS_ENV["AWS_REGION"],
-        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name=TEST_AWS_ENV["AWS_REGION"],
+        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         # `total_max_attempts` counts the first try; the `max_attempts` key of this dict counts retries only.
         config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
     )

@@ -37,7 +37,10 @@ TRANSIENT = {
     "throttled, botocore retries": (FaultPlan(throttle_share=0.3), True),
     "throttled, loader retries": (FaultPlan(throttle_share=0.5, max_hits=2), False),
     "dropped connections": (FaultPlan(drop_share=0.3), True),
-    "dropped connections, loader retries": (FaultPlan(drop_share=0.5, drop_operations=frozenset({"BatchWriteItem"})), False),
+    "dropped connections, loader retries": (
+        FaultPlan(drop_share=0.5, drop_operations=frozenset({"BatchWriteItem"})),
+        False,
+    ),
     "all at once": (FaultPlan(unprocessed_share=0.3, throttle_share=0.2, drop_share=0.2), True),
 }
 
@@ -60,8 +63,10 @@ def test_transient_faults_still_end_in_the_exact_table(ddb, new_table, proxy, ca
     assert scan_table(ddb, faulty) == scan_table(ddb, clean)
     # The faults really happened, and the loader saw (and counted) what it had to resend.
     injected = proxy.stats
-    resent = {k: stats_first.as_dict()[k] + stats_second.as_dict()[k]
-              for k in ("unprocessed_items", "unprocessed_retries", "error_retries", "sdk_retries")}
+    resent = {
+        k: stats_first.as_dict()[k] + stats_second.as_dict()[k]
+        for k in ("unprocessed_items", "unprocessed_retries", "error_retries", "sdk_retries")
+    }
     if plan.unprocessed_share:
         assert injected.unprocessed_items > 0
         if plan.drop_share:  # items held back in an answer that was then dropped never reach the loader
@@ -119,8 +124,9 @@ def test_a_non_retryable_error_is_not_retried_and_is_counted(ddb, table, catalog
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped(monkeypatch):
-    writer = BatchWriter(client=None, table_name="t", stats=LoadStats(), concurrency=1, base_delay_s=0.05,
-                         max_delay_s=1.0)
+    writer = BatchWriter(
+        client=None, table_name="t", stats=LoadStats(), concurrency=1, base_delay_s=0.05, max_delay_s=1.0
+    )
     bounds = []
     monkeypatch.setattr(random, "uniform", lambda low, high: bounds.append((low, high)) or high)
     delays = [writer._delay(attempt) for attempt in range(8)]

@@ -43,8 +43,16 @@ def a_track(catalog, artist_ids) -> tuple[str, dict]:
 
 def test_floats_become_decimals_and_empty_sets_disappear(ddb, table, catalog, artist_ids):
     artist_id, track = a_track(catalog, artist_ids)
-    track.update({"tempo": 120.5, "energy": 0.1, "audio": {"loudness": -5.25, "tags": set(), "nan": float("nan")},
-                  "genres": set(), "moods": {"calm"}, "segments": [0.3, set(), 2]})
+    track.update(
+        {
+            "tempo": 120.5,
+            "energy": 0.1,
+            "audio": {"loudness": -5.25, "tags": set(), "nan": float("nan")},
+            "genres": set(),
+            "moods": {"calm"},
+            "segments": [0.3, set(), 2],
+        }
+    )
     item = build_item(artist_id, "US", 1, track, T0)
     assert item["tempo"] == Decimal("120.5") and isinstance(item["tempo"], Decimal)
     assert item["energy"] == Decimal("0.1")  # str(0.1), not the binary expansion of the float
@@ -53,8 +61,9 @@ def test_floats_become_decimals_and_empty_sets_disappear(ddb, table, catalog, ar
     assert item["segments"] == [Decimal("0.3"), 2]
 
     load(ddb, table, "US", [TopTracksOutcome(artist_id, "US", T0, 200, [track])])
-    raw = ddb.get_item(TableName=table, Key={"artist_id": {"S": artist_id},
-                                            "country_track_id": {"S": f"US#{track['id']}"}})["Item"]
+    raw = ddb.get_item(
+        TableName=table, Key={"artist_id": {"S": artist_id}, "country_track_id": {"S": f"US#{track['id']}"}}
+    )["Item"]
     assert raw["tempo"] == {"N": "120.5"} and raw["energy"] == {"N": "0.1"}
     assert raw["moods"] == {"SS": ["calm"]} and "genres" not in raw
 
@@ -97,7 +106,8 @@ def test_oversized_item_fails_the_load_clearly_and_only_its_artist_waits(ddb, ta
     after = scan_table(ddb, table)
     # The oversized artist kept its previous list whole; every other artist was refreshed.
     assert {k: v for k, v in after.items() if k[0] == big.artist_id} == {
-        k: v for k, v in before.items() if k[0] == big.artist_id}
+        k: v for k, v in before.items() if k[0] == big.artist_id
+    }
     others = [a for a in ids if a != big.artist_id]
     assert_market_exact({k: v for k, v in after.items() if k[0] != big.artist_id}, catalog, others, "US")
 
@@ -131,8 +141,12 @@ def test_missing_popularity_is_zero_flagged_and_still_swept(ddb, table, catalog,
     assert item["popularity"] == 0 and item["popularity_missing"] is True
     assert stats.tracks_without_popularity == 1
     # In the GSI, hence found by the sweep when the artist leaves the artist list.
-    in_gsi = ddb.query(TableName=table, IndexName=GSI_NAME, KeyConditionExpression="country = :m",
-                       ExpressionAttributeValues={":m": {"S": "US"}})["Items"]
+    in_gsi = ddb.query(
+        TableName=table,
+        IndexName=GSI_NAME,
+        KeyConditionExpression="country = :m",
+        ExpressionAttributeValues={":m": {"S": "US"}},
+    )["Items"]
     assert len(in_gsi) == 1
     other = next(a for a in artist_ids if a != artist_id)
     load(ddb, table, "US", outcomes(catalog, [other], "US", T1))
@@ -165,8 +179,10 @@ def test_table_with_another_key_schema_is_refused_showing_both(ddb, dynamodb_loc
     ddb.create_table(
         TableName=table_name,
         KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"}, {"AttributeName": "id", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
-                              {"AttributeName": "id", "AttributeType": "S"}],
+        AttributeDefinitions=[
+            {"AttributeName": "artist_id", "AttributeType": "S"},
+            {"AttributeName": "id", "AttributeType": "S"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     with pytest.raises(TableSchemaMismatch) as raised:
@@ -180,10 +196,14 @@ def test_table_with_another_key_schema_is_refused_showing_both(ddb, dynamodb_loc
 def test_table_with_a_number_sort_key_is_refused(ddb, dynamodb_local_endpoint, table_name):
     ddb.create_table(
         TableName=table_name,
-        KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"},
-                   {"AttributeName": "country_track_id", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
-                              {"AttributeName": "country_track_id", "AttributeType": "N"}],
+        KeySchema=[
+            {"AttributeName": "artist_id", "KeyType": "HASH"},
+            {"AttributeName": "country_track_id", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "artist_id", "AttributeType": "S"},
+            {"AttributeName": "country_track_id", "AttributeType": "N"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     with pytest.raises(TableSchemaMismatch, match=r"country_track_id \(RANGE, N\).*country_track_id \(RANGE, S\)"):
@@ -193,12 +213,19 @@ def test_table_with_a_number_sort_key_is_refused(ddb, dynamodb_local_endpoint, t
 def test_table_without_the_gsi_is_refused(ddb, dynamodb_local_endpoint, table_name):
     ddb.create_table(
         TableName=table_name,
-        KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"},
-                   {"AttributeName": "country_track_id", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
-                              {"AttributeName": "country_track_id", "AttributeType": "S"}],
+        KeySchema=[
+            {"AttributeName": "artist_id", "KeyType": "HASH"},
+            {"AttributeName": "country_track_id", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "artist_id", "AttributeType": "S"},
+            {"AttributeName": "country_track_id", "AttributeType": "S"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
-    with pytest.raises(TableSchemaMismatch, match=rf"{GSI_NAME} with \[country \(HASH, S\), popularity \(RANGE, N\), "
-                                                  r"projection INCLUDE \(artists, fetched_at, id, name, rank\)\], but has \[no such index\]"):
+    with pytest.raises(
+        TableSchemaMismatch,
+        match=rf"{GSI_NAME} with \[country \(HASH, S\), popularity \(RANGE, N\), "
+        r"projection INCLUDE \(artists, fetched_at, id, name, rank\)\], but has \[no such index\]",
+    ):
         ensure_table(ddb, table_name, dynamodb_local_endpoint)

@@ -20,8 +20,9 @@ def journal_path(prod_env) -> Path:
     return Path(prod_env["TOPTRACKS_RAW_DIR"]) / "top_tracks/market=US/journal.json"
 
 
-def test_unchanged_refresh_reads_nothing_and_changed_artists_are_read(prod_env, artists_table, emulator, ddb,
-                                                                     some_artist_ids):
+def test_unchanged_refresh_reads_nothing_and_changed_artists_are_read(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     ids = some_artist_ids[:10]
     artists_table.set_ids(ids)
     with instance_for_test() as instance:
@@ -42,8 +43,9 @@ def test_unchanged_refresh_reads_nothing_and_changed_artists_are_read(prod_env, 
     assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(expected_keys(emulator.catalog, ids[:-1], ["US"]))
 
 
-def test_crash_mid_load_leaves_a_journal_and_the_rerun_reads_only_its_artists(prod_env, artists_table, emulator, ddb,
-                                                               some_artist_ids, monkeypatch):
+def test_crash_mid_load_leaves_a_journal_and_the_rerun_reads_only_its_artists(
+    prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch
+):
     ids = some_artist_ids[:20]
     artists_table.set_ids(ids)
     with instance_for_test() as instance:

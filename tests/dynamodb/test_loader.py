@@ -63,7 +63,8 @@ def test_refresh_is_exact_and_rewrites_only_what_changed(ddb, table, catalog, ar
     assert_market_exact(after, catalog, listed, "US")
     # CA was not refreshed: its items are untouched, byte for byte.
     assert {k: v for k, v in after.items() if k[1].startswith("CA#")} == {
-        k: v for k, v in before.items() if k[1].startswith("CA#")}
+        k: v for k, v in before.items() if k[1].startswith("CA#")
+    }
     # Unchanged artists: no request touched them, and their items keep the first load's fetched_at.
     affected = set().union(*changed.values())
     touched = {artist for artist, _ in recorder.written("put") + recorder.written("delete")}
@@ -155,8 +156,9 @@ def revise(catalog, artist_ids):
 
 
 @pytest.mark.parametrize("crash", ["outcomes", "batches", "sweep"])
-def test_crash_mid_load_then_rerun_equals_a_clean_run(ddb, dynamodb_local_endpoint, new_table, catalog, artist_ids,
-                                                      crash):
+def test_crash_mid_load_then_rerun_equals_a_clean_run(
+    ddb, dynamodb_local_endpoint, new_table, catalog, artist_ids, crash
+):
     crashed, clean = new_table(), new_table()
     for table in (crashed, clean):
         load(ddb, table, "US", outcomes(catalog, artist_ids, "US", T0))
@@ -208,8 +210,9 @@ def test_killed_process_then_rerun_equals_a_clean_run(ddb, dynamodb_local_endpoi
         load(client, {crashed!r}, "US", outcomes(catalog, listed, "US", T1), concurrency=2)
     """)
     env = {**os.environ, **TEST_AWS_ENV, "PYTHONPATH": str(REPO)}
-    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                               timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 17, completed.stderr[-2000:]
 
     listed = revise(catalog, artist_ids)

@@ -124,9 +124,24 @@ def test_cli_commands(filled):
 
     # The same commands as a process, configured only by the config contract's environment.
     completed = subprocess.run(
-        [sys.executable, "-m", "toptracks_dagster.dynamodb.queries", "query", "popular", "CA", "--min", "50",
-         "--limit", "3", "--json"],
-        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "toptracks_dagster.dynamodb.queries",
+            "query",
+            "popular",
+            "CA",
+            "--min",
+            "50",
+            "--limit",
+            "3",
+            "--json",
+        ],
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     tracks = json.loads(completed.stdout)
@@ -135,8 +150,11 @@ def test_cli_commands(filled):
 
 @pytest.fixture
 def query_env(monkeypatch, dynamodb_local_endpoint):
-    for name, value in {**TEST_AWS_ENV, "DAGSTER_DEPLOYMENT": "prod",
-                        "DYNAMODB_ENDPOINT_URL": dynamodb_local_endpoint}.items():
+    for name, value in {
+        **TEST_AWS_ENV,
+        "DAGSTER_DEPLOYMENT": "prod",
+        "DYNAMODB_ENDPOINT_URL": dynamodb_local_endpoint,
+    }.items():
         monkeypatch.setenv(name, value)
     return monkeypatch
 
@@ -144,9 +162,11 @@ def query_env(monkeypatch, dynamodb_local_endpoint):
 def test_missing_table_is_named_with_its_endpoint(ddb, dynamodb_local_endpoint, query_env, table_name):
     query_env.setenv("TOPTRACKS_TABLE", table_name)  # never created
     expected = f"table {table_name} does not exist at {dynamodb_local_endpoint}"
-    for call in (lambda: get_track(ddb, table_name, "a" * 22, "US", "b" * 22),
-                 lambda: artist_top_list(ddb, table_name, "a" * 22, "US"),
-                 lambda: popular_tracks(ddb, table_name, "US", 50)):
+    for call in (
+        lambda: get_track(ddb, table_name, "a" * 22, "US", "b" * 22),
+        lambda: artist_top_list(ddb, table_name, "a" * 22, "US"),
+        lambda: popular_tracks(ddb, table_name, "US", 50),
+    ):
         with pytest.raises(TableMissing, match=expected):
             call()
     for argv in (["track", "a" * 22, "US", "b" * 22], ["top", "a" * 22, "US"], ["popular", "US", "--min", "50"]):
@@ -157,10 +177,14 @@ def test_missing_table_is_named_with_its_endpoint(ddb, dynamodb_local_endpoint, 
 def test_table_without_the_gsi_is_explained(ddb, table_name):
     ddb.create_table(
         TableName=table_name,
-        KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"},
-                   {"AttributeName": "country_track_id", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "artist_id", "AttributeType": "S"},
-                              {"AttributeName": "country_track_id", "AttributeType": "S"}],
+        KeySchema=[
+            {"AttributeName": "artist_id", "KeyType": "HASH"},
+            {"AttributeName": "country_track_id", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "artist_id", "AttributeType": "S"},
+            {"AttributeName": "country_track_id", "AttributeType": "S"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     with pytest.raises(IndexMissing, match=f"table {table_name} .* has no GSI country-popularity-index"):

@@ -129,8 +129,11 @@ class EmulatedAws:
         """Create the table from the CloudFormation template, as production does; returns the stack outputs."""
         cloudformation = self.client("cloudformation")
         stack = f"toptracks-table-{uuid.uuid4().hex[:8]}"
-        cloudformation.create_stack(StackName=stack, TemplateBody=TABLE_TEMPLATE.read_text(),
-                                    Parameters=[{"ParameterKey": "TableName", "ParameterValue": table_name}])
+        cloudformation.create_stack(
+            StackName=stack,
+            TemplateBody=TABLE_TEMPLATE.read_text(),
+            Parameters=[{"ParameterKey": "TableName", "ParameterValue": table_name}],
+        )
         description = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
         assert description["StackStatus"] == "CREATE_COMPLETE", description
         return {o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])}

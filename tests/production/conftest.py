@@ -26,8 +26,11 @@ def postgres_database():
         import psycopg2
     except ImportError:  # installed with dagster-postgres (the `postgres` extra); never a silent skip in CI
         unavailable("psycopg2 is not installed: pip install -e '.[postgres]'")
-    params = {"host": os.environ.get("TEST_PG_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_PG_PORT", "5432")),
-              "user": os.environ.get("TEST_PG_USER", "postgres")}
+    params = {
+        "host": os.environ.get("TEST_PG_HOST", "127.0.0.1"),
+        "port": int(os.environ.get("TEST_PG_PORT", "5432")),
+        "user": os.environ.get("TEST_PG_USER", "postgres"),
+    }
     name = f"toptracks_ecs_{uuid.uuid4().hex[:8]}"
     try:
         admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **params)

@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 from dagster import DagsterInstance
-from dagster._grpc.types import ExecuteRunArgs
-from dagster._serdes import deserialize_value
 from dagster._core.test_utils import in_process_test_workspace
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import deserialize_value
 from moto import mock_aws
 
 from tests.production.aws import REGION, REPO
@@ -79,8 +79,12 @@ def metadata_endpoint(monkeypatch):
 def _task_level_requirements(task_definition) -> dict:
     # Fargate sizes a task by its task-level cpu/memory, which is what the launcher registers; moto adds up
     # container-level memory instead and fails on a container without one.
-    return {"CPU": int(task_definition.cpu or 0), "MEMORY": int(task_definition.memory or 0), "PORTS": [],
-            "PORTS_UDP": []}
+    return {
+        "CPU": int(task_definition.cpu or 0),
+        "MEMORY": int(task_definition.memory or 0),
+        "PORTS": [],
+        "PORTS_UDP": [],
+    }
 
 
 @pytest.fixture
@@ -93,8 +97,9 @@ def ecs_account(monkeypatch, metadata_endpoint):
         monkeypatch.delenv(name, raising=False)
     from moto.ecs.models import EC2ContainerServiceBackend
 
-    monkeypatch.setattr(EC2ContainerServiceBackend, "_calculate_task_resource_requirements",
-                        staticmethod(_task_level_requirements))
+    monkeypatch.setattr(
+        EC2ContainerServiceBackend, "_calculate_task_resource_requirements", staticmethod(_task_level_requirements)
+    )
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -104,11 +109,17 @@ def ecs_account(monkeypatch, metadata_endpoint):
         ecs = boto3.client("ecs", region_name=REGION)
         cluster = ecs.create_cluster(clusterName="toptracks")["cluster"]["clusterArn"]
         ecs.register_task_definition(
-            family="toptracks-daemon", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256",
-            memory="512", containerDefinitions=[{"name": "daemon", "image": IMAGE, "command": ["dagster-daemon", "run"]}],
+            family="toptracks-daemon",
+            networkMode="awsvpc",
+            requiresCompatibilities=["FARGATE"],
+            cpu="256",
+            memory="512",
+            containerDefinitions=[{"name": "daemon", "image": IMAGE, "command": ["dagster-daemon", "run"]}],
         )
         daemon = ecs.run_task(
-            cluster=cluster, taskDefinition="toptracks-daemon", launchType="FARGATE",
+            cluster=cluster,
+            taskDefinition="toptracks-daemon",
+            launchType="FARGATE",
             networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}},
         )["tasks"][0]["taskArn"]
         metadata_endpoint.answer = {"Cluster": cluster, "TaskARN": daemon}
@@ -124,14 +135,21 @@ def ecs_account(monkeypatch, metadata_endpoint):
             secret_arns[env_name] = arn
             monkeypatch.setenv(arn_variable, arn)
         for name, value in {
-            **PLAIN_SETTINGS, **SECRET_VALUES,
+            **PLAIN_SETTINGS,
+            **SECRET_VALUES,
             "TOPTRACKS_RUN_TASK_ROLE_ARN": ROLE.format("toptracks-run"),
             "TOPTRACKS_EXECUTION_ROLE_ARN": ROLE.format("toptracks-execution"),
             "TOPTRACKS_RUN_LOG_GROUP": "/ecs/toptracks-runs",
         }.items():
             monkeypatch.setenv(name, value)
-        yield {"ecs": ecs, "cluster": cluster, "daemon": daemon, "subnet": subnet, "group": group,
-               "secret_arns": secret_arns}
+        yield {
+            "ecs": ecs,
+            "cluster": cluster,
+            "daemon": daemon,
+            "subnet": subnet,
+            "group": group,
+            "secret_arns": secret_arns,
+        }
 
 
 @pytest.fixture
@@ -146,21 +164,25 @@ def fresh_definitions_module():
 
 
 @pytest.fixture
-def production_instance(tmp_path, monkeypatch, postgres_database, ecs_account,
-                        fresh_definitions_module):
+def production_instance(tmp_path, monkeypatch, postgres_database, ecs_account, fresh_definitions_module):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    for name, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": postgres_database["host"],
-                        "DAGSTER_PG_PORT": str(postgres_database["port"]), "DAGSTER_PG_USER": postgres_database["user"],
-                        "DAGSTER_PG_DB": postgres_database["dbname"]}.items():
+    for name, value in {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": postgres_database["host"],
+        "DAGSTER_PG_PORT": str(postgres_database["port"]),
+        "DAGSTER_PG_USER": postgres_database["user"],
+        "DAGSTER_PG_DB": postgres_database["dbname"],
+    }.items():
         monkeypatch.setenv(name, value)
     with DagsterInstance.get() as instance:
         yield instance
 
 
-def test_a_partition_run_starts_as_its_own_ecs_task_with_secrets_referenced_not_copied(production_instance,
-                                                                                        ecs_account):
+def test_a_partition_run_starts_as_its_own_ecs_task_with_secrets_referenced_not_copied(
+    production_instance, ecs_account
+):
     from dagster_aws.ecs import EcsRunLauncher
     from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 
@@ -175,12 +197,15 @@ def test_a_partition_run_starts_as_its_own_ecs_task_with_secrets_referenced_not_
     launcher = instance.run_launcher
     run_task_requests: list[dict] = []
     launcher.ecs.meta.events.register(
-        "provide-client-params.ecs.RunTask", lambda params, **_: run_task_requests.append(json.loads(json.dumps(params)))
+        "provide-client-params.ecs.RunTask",
+        lambda params, **_: run_task_requests.append(json.loads(json.dumps(params))),
     )
     calls: list[str] = []  # every AWS API call the launcher makes, as IAM action names
     for client in (launcher.ecs, launcher.ec2.meta.client, launcher.secrets_manager, launcher.logs):
         prefix = client.meta.service_model.signing_name
-        client.meta.events.register("before-call", lambda model, prefix=prefix, **_: calls.append(f"{prefix}:{model.name}"))
+        client.meta.events.register(
+            "before-call", lambda model, prefix=prefix, **_: calls.append(f"{prefix}:{model.name}")
+        )
     origin = LoadableTargetOrigin(module_name="toptracks_dagster.definitions", working_directory=str(REPO))
     with in_process_test_workspace(instance, origin, container_image=IMAGE) as workspace:
         location = workspace.get_code_location(workspace.code_location_names[0])
@@ -237,9 +262,14 @@ def test_a_partition_run_starts_as_its_own_ecs_task_with_secrets_referenced_not_
     assert {s["name"]: s["valueFrom"] for s in container["secrets"]} == ecs_account["secret_arns"]
     # Environment: the plain settings, and none of the secrets, by name or by value.
     environment = {e["name"]: e["value"] for e in container["environment"]}
-    assert environment == {**PLAIN_SETTINGS, "DAGSTER_PG_HOST": environment["DAGSTER_PG_HOST"],
-                           "DAGSTER_PG_PORT": environment["DAGSTER_PG_PORT"], "DAGSTER_PG_USER": environment["DAGSTER_PG_USER"],
-                           "DAGSTER_PG_DB": environment["DAGSTER_PG_DB"], "DAGSTER_RUN_JOB_NAME": "top_tracks_job"}
+    assert environment == {
+        **PLAIN_SETTINGS,
+        "DAGSTER_PG_HOST": environment["DAGSTER_PG_HOST"],
+        "DAGSTER_PG_PORT": environment["DAGSTER_PG_PORT"],
+        "DAGSTER_PG_USER": environment["DAGSTER_PG_USER"],
+        "DAGSTER_PG_DB": environment["DAGSTER_PG_DB"],
+        "DAGSTER_RUN_JOB_NAME": "top_tracks_job",
+    }
     assert not set(SECRET_VALUES) & set(environment)
     everything_sent = json.dumps([request, definition], default=str)
     for value in filter(None, SECRET_VALUES.values()):
@@ -250,8 +280,13 @@ def test_a_partition_run_starts_as_its_own_ecs_task_with_secrets_referenced_not_
     # ecs:TagResource for the tags and iam:PassRole for the two roles; AWS checks those, moto does not).
     launcher_policy = json.loads((REPO / "deploy" / "iam" / "launcher-role-policy.json").read_text())
     allowed = {a for statement in launcher_policy["Statement"] for a in statement["Action"]}
-    assert set(calls) == {"ecs:DescribeTasks", "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition",
-                          "ecs:RunTask", "ec2:DescribeNetworkInterfaces"}, calls
+    assert set(calls) == {
+        "ecs:DescribeTasks",
+        "ecs:DescribeTaskDefinition",
+        "ecs:RegisterTaskDefinition",
+        "ecs:RunTask",
+        "ec2:DescribeNetworkInterfaces",
+    }, calls
     assert set(calls) <= allowed
     assert {"ecs:TagResource", "iam:PassRole"} <= allowed
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -21,8 +21,14 @@ from tests.production.aws import REPO
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / "deploy" / "Dockerfile.dockerignore"
 LOCK = REPO / "deploy" / "requirements.lock"
-SECRET_NAMES = {"SPOTIFY_CLIENT_SECRET", "MYSQL_PASSWORD", "DAGSTER_PG_PASSWORD", "AWS_SECRET_ACCESS_KEY",
-                "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"}
+SECRET_NAMES = {
+    "SPOTIFY_CLIENT_SECRET",
+    "MYSQL_PASSWORD",
+    "DAGSTER_PG_PASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+}
 SECRET_LIKE = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|PRIVATE|ACCESS_KEY", re.IGNORECASE)
 
 
@@ -113,21 +119,29 @@ def test_the_lock_pins_everything_and_holds_no_test_or_docs_dependency():
 
 
 def test_the_build_context_leaves_out_local_state():
-    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    rules = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert rules[0] == "**", "the context starts empty and lists what the image needs"
     allowed = [rule[1:] for rule in rules if rule.startswith("!")]
     assert not [a for a in allowed if re.search(r"\.venv|node_modules|data|tests|\.env|\.git|dagster_home", a)]
-    copied = [source for name, args in instructions(DOCKERFILE.read_text()) if name == "COPY"
-              for source in args.split()[:-1] if not source.startswith("--")]
+    copied = [
+        source
+        for name, args in instructions(DOCKERFILE.read_text())
+        if name == "COPY"
+        for source in args.split()[:-1]
+        if not source.startswith("--")
+    ]
     assert "toptracks_dagster" in copied and "deploy/dagster.yaml" in copied
     for source in copied:  # every COPY source is in the context
-        assert any(a.rstrip("*").rstrip("/") == source.rstrip("/") or source.startswith(a.rstrip("*")) for a in allowed), source
+        assert any(
+            a.rstrip("*").rstrip("/") == source.rstrip("/") or source.startswith(a.rstrip("*")) for a in allowed
+        ), source
 
 
 def test_the_production_workspace_points_at_the_code_server(monkeypatch):
-    from dagster._core.workspace.config_schema import ensure_workspace_config
-
     import yaml
+    from dagster._core.workspace.config_schema import ensure_workspace_config
 
     path = REPO / "deploy" / "workspace.yaml"
     monkeypatch.setenv("DAGSTER_CODE_SERVER_HOST", "toptracks-code.toptracks.local")

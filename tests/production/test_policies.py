@@ -43,10 +43,21 @@ def test_run_role_dynamodb_is_the_one_table_and_its_index():
     table = "arn:aws:dynamodb:${AWS_REGION}:${AWS_ACCOUNT_ID}:table/${TOPTRACKS_TABLE}"
     assert run["TopTracksTable"]["Resource"] == table
     assert run["TopTracksPopularityIndex"]["Resource"] == f"{table}/index/{GSI_NAME}"
-    dynamodb = {action for _, action in policy_actions(json.loads(RUN_ROLE_POLICY.read_text())) if action.startswith("dynamodb:")}
+    dynamodb = {
+        action
+        for _, action in policy_actions(json.loads(RUN_ROLE_POLICY.read_text()))
+        if action.startswith("dynamodb:")
+    }
     # No table management and no single-item writes: the table comes from the template, the loader batches.
-    assert not dynamodb & {"dynamodb:CreateTable", "dynamodb:DeleteTable", "dynamodb:UpdateTable", "dynamodb:Scan",
-                           "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"}
+    assert not dynamodb & {
+        "dynamodb:CreateTable",
+        "dynamodb:DeleteTable",
+        "dynamodb:UpdateTable",
+        "dynamodb:Scan",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+    }
 
 
 def test_run_role_s3_is_the_raw_prefix_the_code_writes_and_the_compute_log_prefix(instance_config):

@@ -57,15 +57,19 @@ def no_retry_delays(monkeypatch):
 
 def rendered_policy(table: str, bucket: str) -> dict:
     return render_policy(
-        RUN_ROLE_POLICY, AWS_REGION=REGION, AWS_ACCOUNT_ID=ACCOUNT_ID, TOPTRACKS_TABLE=table,
-        TOPTRACKS_RAW_S3_BUCKET=bucket, DAGSTER_COMPUTE_LOGS_BUCKET=bucket,
-        RDS_DB_RESOURCE_ID="db-EXAMPLE", MYSQL_USER="toptracks",
+        RUN_ROLE_POLICY,
+        AWS_REGION=REGION,
+        AWS_ACCOUNT_ID=ACCOUNT_ID,
+        TOPTRACKS_TABLE=table,
+        TOPTRACKS_RAW_S3_BUCKET=bucket,
+        DAGSTER_COMPUTE_LOGS_BUCKET=bucket,
+        RDS_DB_RESOURCE_ID="db-EXAMPLE",
+        MYSQL_USER="toptracks",
     )
 
 
 @pytest.fixture
-def account(emulated_aws, monkeypatch, artists_table, emulator, client_secret, some_artist_ids,
-            no_retry_delays):
+def account(emulated_aws, monkeypatch, artists_table, emulator, client_secret, some_artist_ids, no_retry_delays):
     """A fresh table (from the template) and raw bucket; the config contract pointing at them, MariaDB's artists
     table and the Spotify emulator."""
     table = f"top_tracks_{uuid.uuid4().hex[:8]}"
@@ -110,8 +114,7 @@ def run_with_policy(emulated_aws, monkeypatch, policy: dict, checks=CHECKS):
     assert isinstance(resources["raw_storage"], S3RawStorage)
     emulated_aws.requests.clear()
     with emulated_aws.enforcing():
-        result = materialize([*ALL_ASSETS, *checks], partition_key=MARKET, resources=resources,
-                             raise_on_error=False)
+        result = materialize([*ALL_ASSETS, *checks], partition_key=MARKET, resources=resources, raise_on_error=False)
     return result, list(emulated_aws.requests)
 
 
@@ -131,8 +134,9 @@ def failure_text(result) -> str:
     return "\n".join(parts)
 
 
-def test_a_partition_runs_with_only_the_policy_and_uses_every_action_in_it(emulated_aws, monkeypatch, account,
-                                                                           emulator):
+def test_a_partition_runs_with_only_the_policy_and_uses_every_action_in_it(
+    emulated_aws, monkeypatch, account, emulator
+):
     policy = rendered_policy(account["table"], account["bucket"])
     result, requests = run_with_policy(emulated_aws, monkeypatch, policy)
 
@@ -147,9 +151,14 @@ def test_a_partition_runs_with_only_the_policy_and_uses_every_action_in_it(emula
     assert used, "IAM enforcement recorded no request: the run did not go through the emulated account"
     table_arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{account['table']}"
     assert {resource for action, resource in requests if action.startswith("dynamodb:")} == {
-        table_arn, f"{table_arn}/index/{GSI_NAME}"}
-    assert all(resource.startswith(f"arn:aws:s3:::{account['bucket']}/toptracks/raw/")
-               for action, resource in requests if action.startswith("s3:"))
+        table_arn,
+        f"{table_arn}/index/{GSI_NAME}",
+    }
+    assert all(
+        resource.startswith(f"arn:aws:s3:::{account['bucket']}/toptracks/raw/")
+        for action, resource in requests
+        if action.startswith("s3:")
+    )
     # Exactly: what the policy allows is what the run used, apart from the documented exceptions.
     allowed = {action for _, action in policy_actions(policy)}
     not_exercised = {action for _, action in NOT_EXERCISED_HERE}
@@ -161,14 +170,16 @@ def test_a_partition_runs_with_only_the_policy_and_uses_every_action_in_it(emula
 
 
 EXERCISED = [
-    (sid, action) for sid, action in policy_actions(rendered_policy("t", "b"))
+    (sid, action)
+    for sid, action in policy_actions(rendered_policy("t", "b"))
     if (sid, action) not in NOT_EXERCISED_HERE
 ]
 
 
 @pytest.mark.parametrize(("sid", "action"), EXERCISED, ids=[f"{sid}-{action}" for sid, action in EXERCISED])
-def test_removing_any_exercised_action_makes_the_run_fail_with_access_denied(emulated_aws, monkeypatch, account,
-                                                                             sid, action):
+def test_removing_any_exercised_action_makes_the_run_fail_with_access_denied(
+    emulated_aws, monkeypatch, account, sid, action
+):
     policy = without_action(rendered_policy(account["table"], account["bucket"]), sid, action)
     # One attempt per step: a denied action fails every retry the same way, and the retries only add time.
     monkeypatch.setattr(RetryPolicy, "max_retries", property(lambda self: 0))
@@ -199,19 +210,23 @@ def test_the_exceptions_are_all_in_the_policy():
 
 
 def test_prod_resources_build_s3_raw_storage(monkeypatch):
-    for name, value in {"DAGSTER_DEPLOYMENT": "prod", "MYSQL_HOST": "db.example.internal", "MYSQL_USER": "etl",
-                        "TOPTRACKS_RAW_S3_BUCKET": "toptracks-raw"}.items():
+    for name, value in {
+        "DAGSTER_DEPLOYMENT": "prod",
+        "MYSQL_HOST": "db.example.internal",
+        "MYSQL_USER": "etl",
+        "TOPTRACKS_RAW_S3_BUCKET": "toptracks-raw",
+    }.items():
         monkeypatch.setenv(name, value)
     assert isinstance(build_resources("prod")["raw_storage"], S3RawStorage)
 
 
-def test_without_the_table_a_production_run_stops_with_an_error_naming_the_template(emulated_aws, monkeypatch,
-                                                                                    account):
+def test_without_the_table_a_production_run_stops_with_an_error_naming_the_template(emulated_aws, monkeypatch, account):
     # TOPTRACKS_CREATE_TABLE=false (set by `account`) and a table name no stack created.
     missing = f"top_tracks_missing_{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("TOPTRACKS_TABLE", missing)
-    result, requests = run_with_policy(emulated_aws, monkeypatch, rendered_policy(missing, account["bucket"]),
-                                       checks=[])
+    result, requests = run_with_policy(
+        emulated_aws, monkeypatch, rendered_policy(missing, account["bucket"]), checks=[]
+    )
     assert not result.success
     assert "dynamodb:CreateTable" not in {action for action, _ in requests}
     assert "deploy/cloudformation/top_tracks.yaml" in failure_text(result)

@@ -85,8 +85,9 @@ def cfn_lint(path: Path) -> subprocess.CompletedProcess:
     """The cfn-lint command of this environment (the `test` extra pins it), as CI runs it."""
     command = Path(sys.executable).with_name("cfn-lint")
     assert command.exists(), f"cfn-lint is not installed next to {sys.executable}: pip install -e '.[test]'"
-    return subprocess.run([str(command), "--regions", REGION, "--", str(path)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(command), "--regions", REGION, "--", str(path)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cfn_lint_passes():
@@ -96,7 +97,9 @@ def test_cfn_lint_passes():
 
 def test_cfn_lint_is_not_a_no_op(tmp_path):
     # The same linter flags a broken copy (a GSI key attribute without a definition), so the test above can fail.
-    broken = TABLE_TEMPLATE.read_text().replace("AttributeName: popularity\n          AttributeType: N", "AttributeName: plays\n          AttributeType: N")
+    broken = TABLE_TEMPLATE.read_text().replace(
+        "AttributeName: popularity\n          AttributeType: N", "AttributeName: plays\n          AttributeType: N"
+    )
     assert broken != TABLE_TEMPLATE.read_text()
     path = tmp_path / "broken.yaml"
     path.write_text(broken)

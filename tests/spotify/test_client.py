@@ -33,9 +33,18 @@ FAILS_FAST_S = 15.0  # generous bound for "fails in seconds" (the real figure is
 
 def make_client(emulator, client_secret, **overrides) -> SpotifyClient:
     options = dict(
-        client_id=TEST_CLIENT_ID, client_secret=client_secret, api_base_url=emulator.base_url,
-        token_url=emulator.token_url, concurrency=8, requests_per_second=None, max_retry_after_s=30.0,
-        max_attempts=8, backoff_s=0.02, backoff_max_s=0.2, connect_timeout_s=2.0, read_timeout_s=5.0,
+        client_id=TEST_CLIENT_ID,
+        client_secret=client_secret,
+        api_base_url=emulator.base_url,
+        token_url=emulator.token_url,
+        concurrency=8,
+        requests_per_second=None,
+        max_retry_after_s=30.0,
+        max_attempts=8,
+        backoff_s=0.02,
+        backoff_max_s=0.2,
+        connect_timeout_s=2.0,
+        read_timeout_s=5.0,
     )
     options.update(overrides)
     return SpotifyClient(**options)
@@ -314,11 +323,19 @@ def test_raw_asset_fails_fast_without_retry_on_403(emulator, client_secret, some
     emulator.settings.forbid_all = True
     storage = LocalRawStorage(base_dir=str(tmp_path))
     write_artist_ids_snapshot(storage, screen_artist_ids(some_artist_ids), "test", "now").publish()
-    spotify = SpotifyResource(client_id=TEST_CLIENT_ID, client_secret=client_secret,
-                              api_base_url=emulator.base_url, token_url=emulator.token_url)
+    spotify = SpotifyResource(
+        client_id=TEST_CLIENT_ID,
+        client_secret=client_secret,
+        api_base_url=emulator.base_url,
+        token_url=emulator.token_url,
+    )
     started = time.monotonic()
-    result = materialize([raw_top_tracks], partition_key="US", resources={"spotify": spotify, "raw_storage": storage},
-                         raise_on_error=False)
+    result = materialize(
+        [raw_top_tracks],
+        partition_key="US",
+        resources={"spotify": spotify, "raw_storage": storage},
+        raise_on_error=False,
+    )
     elapsed = time.monotonic() - started
     assert not result.success
     assert elapsed < FAILS_FAST_S  # the asset's RetryPolicy (30 s delay) did not kick in

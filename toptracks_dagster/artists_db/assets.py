@@ -49,28 +49,40 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
         context.log.warning(f"{len(screened.invalid)} invalid artist id(s) skipped, e.g. {screened.invalid[:5]}")
     previous = context.instance.fetch_materializations(AssetKey("artist_ids"), limit=1).records
     previous_count = _published_count(previous[0]) if previous else None
-    source = {"source": artists_db.describe(), "read_at": read_at,
-              "snapshot": MetadataValue.path(raw_storage.uri(ARTIST_IDS_KEY))}
+    source = {
+        "source": artists_db.describe(),
+        "read_at": read_at,
+        "snapshot": MetadataValue.path(raw_storage.uri(ARTIST_IDS_KEY)),
+    }
     checks = evaluate_artist_ids_checks(
-        screened, source, previous_count, max_drop_warn=settings.check_max_id_drop(),
-        max_drop_block=settings.max_delete_share(), drop_allowed=settings.mass_delete_allowed(context.run.tags))
+        screened,
+        source,
+        previous_count,
+        max_drop_warn=settings.check_max_id_drop(),
+        max_drop_block=settings.max_delete_share(),
+        drop_allowed=settings.mass_delete_allowed(context.run.tags),
+    )
     pending = write_artist_ids_snapshot(raw_storage, screened, artists_db.describe(), read_at)
     blocked = failed_blocking(checks, ARTIST_IDS_CHECK_SPECS)
     if blocked:
         pending.discard()
     else:
         pending.publish()
-    yield MaterializeResult(metadata={
-        "dagster/row_count": len(screened.valid),
-        "published": not blocked,
-        "valid_ids": len(screened.valid),
-        "published_ids": len(screened.valid) if not blocked else (previous_count if previous_count is not None else 0),
-        "invalid_ids": len(screened.invalid),
-        "duplicate_rows": screened.duplicates,
-        "rows_read": screened.rows,
-        "invalid_id_sample": MetadataValue.json(screened.invalid[:20]),
-        **source,
-    })
+    yield MaterializeResult(
+        metadata={
+            "dagster/row_count": len(screened.valid),
+            "published": not blocked,
+            "valid_ids": len(screened.valid),
+            "published_ids": len(screened.valid)
+            if not blocked
+            else (previous_count if previous_count is not None else 0),
+            "invalid_ids": len(screened.invalid),
+            "duplicate_rows": screened.duplicates,
+            "rows_read": screened.rows,
+            "invalid_id_sample": MetadataValue.json(screened.invalid[:20]),
+            **source,
+        }
+    )
     yield from emit_check_results(context, {None: checks})
 
 

@@ -99,7 +99,10 @@ class MySQLArtistsDatabase(ArtistsDatabase):
                 if code in (1044, 1045, 1049):  # access denied / unknown database: retrying will not help
                     break
                 if attempt < self.connect_attempts:
-                    log.warning(f"artists database: connection attempt {attempt} to {self.host}:{self.port} failed ({error}); retrying")
+                    log.warning(
+                        f"artists database: connection attempt {attempt} to {self.host}:{self.port} failed "
+                        f"({error}); retrying"
+                    )
                     time.sleep(0.5 * 2 ** (attempt - 1))
         raise ArtistsDatabaseError(f"cannot connect to {self.describe()}: {last_error}") from None
 

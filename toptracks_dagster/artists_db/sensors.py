@@ -56,19 +56,23 @@ def artists_changed_sensor(context: SensorEvaluationContext, artists_db: Artists
         # The sequence keeps run keys unique when the id set returns to an earlier state.
         change = f"artists-{sequence}-{fingerprint}"
         context.log.info(f"artist id set changed: {state.get('fingerprint')} -> {fingerprint}")
-        return SensorResult(run_requests=[_request(change, 1)],
-                            cursor=json.dumps({"fingerprint": fingerprint, "sequence": sequence, "change": change,
-                                               "attempt": 1}))
+        return SensorResult(
+            run_requests=[_request(change, 1)],
+            cursor=json.dumps({"fingerprint": fingerprint, "sequence": sequence, "change": change, "attempt": 1}),
+        )
     change, attempt = state.get("change"), int(state.get("attempt", 1))
     if change:
         runs = context.instance.get_runs(RunsFilter(tags={CHANGE_TAG: change}), limit=1)
         if runs and runs[0].status in _FAILED:
             if attempt >= MAX_ATTEMPTS:
-                return SkipReason(f"the runs for change {change} failed {attempt} times; fix the cause and "
-                                  "launch top_tracks_job with mode 'changed'")
+                return SkipReason(
+                    f"the runs for change {change} failed {attempt} times; fix the cause and "
+                    "launch top_tracks_job with mode 'changed'"
+                )
             context.log.info(f"run {runs[0].run_id} for {change} failed: launching it again")
-            return SensorResult(run_requests=[_request(change, attempt + 1)],
-                                cursor=json.dumps({**state, "attempt": attempt + 1}))
+            return SensorResult(
+                run_requests=[_request(change, attempt + 1)], cursor=json.dumps({**state, "attempt": attempt + 1})
+            )
     return SkipReason(f"artist id set unchanged ({fingerprint})")
 
 

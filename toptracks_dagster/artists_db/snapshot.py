@@ -22,12 +22,22 @@ class SnapshotUnreadable(RuntimeError):
     """The snapshot is missing or not the JSON object this module writes; the message says what to do."""
 
 
-def write_artist_ids_snapshot(storage: RawStorage, screened: ScreenedArtistIds, source: str,
-                              read_at: str) -> PendingObject:
+def write_artist_ids_snapshot(
+    storage: RawStorage, screened: ScreenedArtistIds, source: str, read_at: str
+) -> PendingObject:
     """Write the snapshot aside; the caller publishes or discards the returned PendingObject."""
     with storage.write_aside(ARTIST_IDS_KEY) as (stream, pending):
-        json.dump({"source": source, "read_at": read_at, "rows": screened.rows, "duplicates": screened.duplicates,
-                   "invalid": screened.invalid, "ids": screened.valid}, stream)
+        json.dump(
+            {
+                "source": source,
+                "read_at": read_at,
+                "rows": screened.rows,
+                "duplicates": screened.duplicates,
+                "invalid": screened.invalid,
+                "ids": screened.valid,
+            },
+            stream,
+        )
     return pending
 
 
@@ -41,7 +51,9 @@ def read_snapshot(storage: RawStorage) -> dict:
             f"no artist id snapshot at {storage.uri(ARTIST_IDS_KEY)}: materialize `artist_ids` first"
         ) from None
     except ValueError as error:
-        raise SnapshotUnreadable(f"artist id snapshot {storage.uri(ARTIST_IDS_KEY)} is not valid JSON: {error}") from None
+        raise SnapshotUnreadable(
+            f"artist id snapshot {storage.uri(ARTIST_IDS_KEY)} is not valid JSON: {error}"
+        ) from None
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get("ids"), list):
         raise SnapshotUnreadable(f"artist id snapshot {storage.uri(ARTIST_IDS_KEY)} has no `ids` list")
     return snapshot

@@ -32,7 +32,13 @@ def free_port() -> int:
 
 def local_client(endpoint: str, probe: bool = False, **config):
     # A probe must fail fast while the JVM starts (botocore's defaults wait 60 s per read).
-    cfg = Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}) if probe else Config(**config) if config else None
+    cfg = (
+        Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
+        if probe
+        else Config(**config)
+        if config
+        else None
+    )
     return boto3.client("dynamodb", endpoint_url=endpoint, region_name=LOCAL_REGION, config=cfg, **LOCAL_CREDENTIALS)
 
 
@@ -49,9 +55,17 @@ def dynamodb_local(start_timeout_s: float = 60) -> Iterator[str]:
     jar = find_jar()
     port = free_port()
     process = subprocess.Popen(
-        ["java", f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}", "-jar", str(jar), "-inMemory",
-         "-port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            "java",
+            f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
+            "-jar",
+            str(jar),
+            "-inMemory",
+            "-port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:

@@ -25,7 +25,6 @@ DEMO_ARTISTS = 200
 LOCAL_CLIENT_ID = "toptracks-local-demo"
 
 
-
 def seed_demo_artists(path: str, count: int = DEMO_ARTISTS) -> bool:
     """Create the SQLite `artists` table with `count` demo artists unless it exists.
 
@@ -64,8 +63,11 @@ class LocalStack:
         self._client_secret = secrets.token_urlsafe(24)
         self._aws_secret = secrets.token_hex(16)
         self.emulator = SpotifyEmulator(
-            LOCAL_CLIENT_ID, self._client_secret, port=self.spotify_port,
-            settings=self.emulator_settings, catalog=Catalog(seed=self.emulator_settings.seed),
+            LOCAL_CLIENT_ID,
+            self._client_secret,
+            port=self.spotify_port,
+            settings=self.emulator_settings,
+            catalog=Catalog(seed=self.emulator_settings.seed),
         ).start()
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.dynamodb_port, verbose=False)
         self._moto.start()

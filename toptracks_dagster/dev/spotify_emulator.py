@@ -94,23 +94,113 @@ def demo_artist_ids(n: int, seed: int = 0) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # Catalog
 
-_ADJECTIVES = ["Golden", "Electric", "Silent", "Broken", "Midnight", "Neon", "Velvet", "Wild", "Lonely",
-               "Crystal", "Burning", "Paper", "Hollow", "Sweet", "Cold", "Summer", "Violet", "Endless", "Lucky"]
-_NOUNS = ["Heart", "River", "Dream", "Fire", "Ocean", "Highway", "Mirror", "Garden", "Thunder", "Shadow",
-          "Rain", "City", "Echo", "Horizon", "Signal", "Stranger", "Moon", "Window", "Satellite", "Paradise"]
+_ADJECTIVES = [
+    "Golden",
+    "Electric",
+    "Silent",
+    "Broken",
+    "Midnight",
+    "Neon",
+    "Velvet",
+    "Wild",
+    "Lonely",
+    "Crystal",
+    "Burning",
+    "Paper",
+    "Hollow",
+    "Sweet",
+    "Cold",
+    "Summer",
+    "Violet",
+    "Endless",
+    "Lucky",
+]
+_NOUNS = [
+    "Heart",
+    "River",
+    "Dream",
+    "Fire",
+    "Ocean",
+    "Highway",
+    "Mirror",
+    "Garden",
+    "Thunder",
+    "Shadow",
+    "Rain",
+    "City",
+    "Echo",
+    "Horizon",
+    "Signal",
+    "Stranger",
+    "Moon",
+    "Window",
+    "Satellite",
+    "Paradise",
+]
 _VERBS = ["Running", "Falling", "Dancing", "Waiting", "Chasing", "Holding On", "Dreaming", "Driving"]
 _PREPOSITIONS = ["to", "through", "under", "across", "into", "beyond"]
 # Real catalogs are full of non-ASCII and punctuated titles; they catch encoding and quoting bugs downstream.
-_SPECIAL_TITLES = ["Café Noir", "夜に駆ける", "Niño del Mar", "Ça plane pour moi", "Déjà Vu", "Sólo Tú",
-                   "Über den Wolken", "君の名前", "Мечта", "사랑해요", 'Say "Goodbye"', "Don't Stop Now",
-                   "Rock 'n' Roll Heart", "L'amour toujours", "¿Dónde Estás?", "Smörgåsbord Blues"]
+_SPECIAL_TITLES = [
+    "Café Noir",
+    "夜に駆ける",
+    "Niño del Mar",
+    "Ça plane pour moi",
+    "Déjà Vu",
+    "Sólo Tú",
+    "Über den Wolken",
+    "君の名前",
+    "Мечта",
+    "사랑해요",
+    'Say "Goodbye"',
+    "Don't Stop Now",
+    "Rock 'n' Roll Heart",
+    "L'amour toujours",
+    "¿Dónde Estás?",
+    "Smörgåsbord Blues",
+]
 _TITLE_SUFFIXES = [" - Remastered 2011", " - Live", " (Acoustic)", " - Radio Edit", " (Remix)"]
-_FIRST_NAMES = ["Ava", "Leo", "Mila", "Jonas", "Zoe", "Mateo", "Ines", "Kai", "Nora", "Theo", "Luz", "Yuki",
-                "Omar", "Freya", "Dario", "Amara"]
-_LAST_NAMES = ["Rivers", "Stone", "Moreau", "Kowalski", "Haddad", "Lindqvist", "Okafor", "Tanaka", "Reyes",
-               "Novak", "Byrne", "Silva"]
-_SPECIAL_ARTISTS = ["Sigur Lúna", "Mø Rose", "ヨルシカ風", "Zoë & The Kites", "Ólöf Storm", "Beyoncé Cover Band",
-                    "The 'Quoted' Band", "Niños del Sol"]
+_FIRST_NAMES = [
+    "Ava",
+    "Leo",
+    "Mila",
+    "Jonas",
+    "Zoe",
+    "Mateo",
+    "Ines",
+    "Kai",
+    "Nora",
+    "Theo",
+    "Luz",
+    "Yuki",
+    "Omar",
+    "Freya",
+    "Dario",
+    "Amara",
+]
+_LAST_NAMES = [
+    "Rivers",
+    "Stone",
+    "Moreau",
+    "Kowalski",
+    "Haddad",
+    "Lindqvist",
+    "Okafor",
+    "Tanaka",
+    "Reyes",
+    "Novak",
+    "Byrne",
+    "Silva",
+]
+_SPECIAL_ARTISTS = [
+    "Sigur Lúna",
+    "Mø Rose",
+    "ヨルシカ風",
+    "Zoë & The Kites",
+    "Ólöf Storm",
+    "Beyoncé Cover Band",
+    "The 'Quoted' Band",
+    "Niños del Sol",
+]
 _ISRC_COUNTRIES = ["US", "GB", "SE", "DE", "FR", "JP", "CA", "AU", "NL", "KR", "BR"]
 # Real i.scdn.co cover URLs start with a size-specific prefix.
 _COVER_SIZES = [(640, "ab67616d0000b273"), (300, "ab67616d00001e02"), (64, "ab67616d00004851")]
@@ -212,8 +302,9 @@ class Catalog:
         pool = self._pool(artist, self._revisions.get(artist_id, 0))
         # Popularity is global; the market-seeded bonus makes neighbouring markets share most tracks in
         # different orders, with the tracks near the cut-off swapping in and out.
-        pool.sort(key=lambda track: track["popularity"] + 8 * _unit(self.seed, "market", track["id"], market),
-                  reverse=True)
+        pool.sort(
+            key=lambda track: track["popularity"] + 8 * _unit(self.seed, "market", track["id"], market), reverse=True
+        )
         return [self._localize(track, market) for track in pool[: artist.list_size]]
 
     def _artist(self, artist_id: str) -> _Artist:
@@ -227,8 +318,9 @@ class Catalog:
             list_size = _MAX_TOP_TRACKS
         pool_size = rng.randint(12, 16) if list_size == _MAX_TOP_TRACKS else list_size
         popularity = round(rng.triangular(10, 100, 55))
-        return _Artist(artist_id, _artist_name(self.seed, artist_id), list_size, pool_size, popularity,
-                       rng.randint(2, 6))
+        return _Artist(
+            artist_id, _artist_name(self.seed, artist_id), list_size, pool_size, popularity, rng.randint(2, 6)
+        )
 
     def _pool(self, artist: _Artist, revision: int) -> list[dict[str, Any]]:
         # A slot's generation is the revision that last replaced its track (0 = original).
@@ -265,8 +357,12 @@ class Catalog:
         explicit = rng.random() < 0.25
         has_preview = rng.random() >= 0.3
         # New releases enter high; every revision re-draws a small drift so the order changes.
-        popularity = (artist.popularity - rng.uniform(0, 30) + (8 if generation else 0)
-                      + _rng(self.seed, "drift", track_id, revision).uniform(-5, 5))
+        popularity = (
+            artist.popularity
+            - rng.uniform(0, 30)
+            + (8 if generation else 0)
+            + _rng(self.seed, "drift", track_id, revision).uniform(-5, 5)
+        )
         return {
             "album": album,
             "artists": artists,
@@ -311,15 +407,20 @@ class Catalog:
             "external_urls": {"spotify": f"{_OPEN}/album/{album_id}"},
             "href": f"{_API}/albums/{album_id}",
             "id": album_id,
-            "images": [{"url": f"https://i.scdn.co/image/{prefix}{cover}", "height": size, "width": size}
-                       for size, prefix in _COVER_SIZES],
+            "images": [
+                {"url": f"https://i.scdn.co/image/{prefix}{cover}", "height": size, "width": size}
+                for size, prefix in _COVER_SIZES
+            ],
             "name": name,
             "release_date": release_date,
             "release_date_precision": precision,
             "type": "album",
             "uri": f"spotify:album:{album_id}",
-            "artists": [_artist_ref(_VARIOUS_ARTISTS_ID, "Various Artists") if album_type == "compilation"
-                        else _artist_ref(artist.id, artist.name)],
+            "artists": [
+                _artist_ref(_VARIOUS_ARTISTS_ID, "Various Artists")
+                if album_type == "compilation"
+                else _artist_ref(artist.id, artist.name)
+            ],
             "is_playable": True,
         }
 
@@ -346,7 +447,10 @@ class Catalog:
 
 # Accepted JSON value types per EmulatorSettings annotation (annotations are strings under postponed evaluation).
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    "float": (int, float), "int": (int,), "bool": (bool,), "int | None": (int, type(None)),
+    "float": (int, float),
+    "int": (int,),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
 }
 
 
@@ -598,8 +702,15 @@ class _Server(ThreadingHTTPServer):
 class SpotifyEmulator:
     """The Spotify token and top-tracks endpoints, served on loopback from a daemon thread."""
 
-    def __init__(self, client_id: str, client_secret: str, host: str = "127.0.0.1", port: int = 0,
-                 settings: EmulatorSettings | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        settings: EmulatorSettings | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.client_id = client_id
         self._client_secret = client_secret
         self.settings = settings if settings is not None else EmulatorSettings()
@@ -619,8 +730,12 @@ class SpotifyEmulator:
             raise RuntimeError("emulator already started")
         self._server = _Server(self._address, self)
         # A short poll interval keeps stop() fast; tests start and stop many emulators.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"spotify-emulator-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"spotify-emulator-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -668,8 +783,9 @@ class SpotifyEmulator:
         token = "BQ" + secrets.token_urlsafe(80)
         with self._lock:
             self._tokens[token] = time.monotonic()
-        return _Response(200, {"access_token": token, "token_type": "Bearer",
-                               "expires_in": self.settings.token_lifetime_s})
+        return _Response(
+            200, {"access_token": token, "token_type": "Bearer", "expires_in": self.settings.token_lifetime_s}
+        )
 
     def _valid_client(self, authorization: str, form: dict[str, list[str]]) -> bool:
         scheme, _, encoded = authorization.partition(" ")
@@ -681,11 +797,13 @@ class SpotifyEmulator:
         else:  # Spotify also accepts the credentials as form fields
             client_id = form.get("client_id", [""])[0]
             client_secret = form.get("client_secret", [""])[0]
-        return (secrets.compare_digest(client_id.encode(), self.client_id.encode())
-                and secrets.compare_digest(client_secret.encode(), self._client_secret.encode()))
+        return secrets.compare_digest(client_id.encode(), self.client_id.encode()) and secrets.compare_digest(
+            client_secret.encode(), self._client_secret.encode()
+        )
 
-    def _answer_top_tracks(self, artist_id: str, query: dict[str, list[str]],
-                           headers: Mapping[str, str]) -> _Response | None:
+    def _answer_top_tracks(
+        self, artist_id: str, query: dict[str, list[str]], headers: Mapping[str, str]
+    ) -> _Response | None:
         """The response, or None to reset the connection. Checks run in Spotify's order: auth, faults, input."""
         scheme, _, token = (headers.get("Authorization") or "").partition(" ")
         token = token.strip()
@@ -790,8 +908,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     parser.add_argument("--client-id", required=True)
-    parser.add_argument("--client-secret-env", required=True, metavar="VAR",
-                        help="name of the environment variable holding the client secret")
+    parser.add_argument(
+        "--client-secret-env",
+        required=True,
+        metavar="VAR",
+        help="name of the environment variable holding the client secret",
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--rate-limit-requests", type=int)
     parser.add_argument("--rate-limit-window-s", type=float, default=30.0)
@@ -800,8 +922,12 @@ def main(argv: list[str] | None = None) -> int:
     client_secret = os.environ.get(args.client_secret_env)
     if not client_secret:
         parser.error(f"environment variable {args.client_secret_env} is unset or empty")
-    settings = EmulatorSettings(latency_ms=args.latency_ms, rate_limit_requests=args.rate_limit_requests,
-                                rate_limit_window_s=args.rate_limit_window_s, seed=args.seed)
+    settings = EmulatorSettings(
+        latency_ms=args.latency_ms,
+        rate_limit_requests=args.rate_limit_requests,
+        rate_limit_window_s=args.rate_limit_window_s,
+        seed=args.seed,
+    )
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())

@@ -134,8 +134,15 @@ def _spawn(command: list[str], log_path: Path, env: dict[str, str]) -> int:
     """Start a process in its own session (a Ctrl-C in the terminal does not reach it) that outlives us."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, cwd=log_path.parent, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=log_path.parent,
+            start_new_session=True,
+        )
     # Reap it if it ends while we live (a long-running UI process started it); after we exit, init does.
     threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
     return process.pid
@@ -216,8 +223,11 @@ def _dynamodb_client(state: dict):
     from botocore.config import Config
 
     return boto3.client(
-        "dynamodb", endpoint_url=environment(state)["DYNAMODB_ENDPOINT_URL"], region_name=config.region(),
-        aws_access_key_id=state["aws_access_key_id"], aws_secret_access_key=state["aws_secret_access_key"],
+        "dynamodb",
+        endpoint_url=environment(state)["DYNAMODB_ENDPOINT_URL"],
+        region_name=config.region(),
+        aws_access_key_id=state["aws_access_key_id"],
+        aws_secret_access_key=state["aws_secret_access_key"],
         config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}),
     )
 
@@ -233,8 +243,12 @@ def check_health(state: dict) -> dict[str, tuple[bool, str]]:
     else:
         env = environment(state)
         try:
-            answer = requests.post(env["SPOTIFY_TOKEN_URL"], data={"grant_type": "client_credentials"},
-                                   auth=(state["spotify_client_id"], state["spotify_client_secret"]), timeout=3)
+            answer = requests.post(
+                env["SPOTIFY_TOKEN_URL"],
+                data={"grant_type": "client_credentials"},
+                auth=(state["spotify_client_id"], state["spotify_client_secret"]),
+                timeout=3,
+            )
             ok = answer.status_code == 200 and "access_token" in answer.json()
             results["spotify"] = (ok, "token endpoint answers" if ok else f"token endpoint said {answer.status_code}")
         except Exception as error:  # noqa: BLE001 - any failure means unhealthy; the text says which
@@ -306,9 +320,21 @@ def _start_locked(directory: Path, announce) -> dict:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPOTIFY_"))}
     emulator_marker = "toptracks_dagster.dev.spotify_emulator"
     pid = _spawn(
-        [sys.executable, "-m", emulator_marker, "--host", "127.0.0.1", "--port", str(spotify_port),
-         "--client-id", LOCAL_CLIENT_ID, "--client-secret-env", _SECRET_ENV],
-        logs / "spotify_emulator.log", {**base_env, _SECRET_ENV: state["spotify_client_secret"]},
+        [
+            sys.executable,
+            "-m",
+            emulator_marker,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(spotify_port),
+            "--client-id",
+            LOCAL_CLIENT_ID,
+            "--client-secret-env",
+            _SECRET_ENV,
+        ],
+        logs / "spotify_emulator.log",
+        {**base_env, _SECRET_ENV: state["spotify_client_secret"]},
     )
     state["processes"]["spotify"] = {"pid": pid, "port": spotify_port, "marker": emulator_marker}
     fresh_dynamodb = True
@@ -317,8 +343,18 @@ def _start_locked(directory: Path, announce) -> dict:
         data = directory / "dynamodb"
         fresh_dynamodb = not (data / "shared-local-instance.db").exists()
         data.mkdir(parents=True, exist_ok=True)
-        command = ["java", f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}", "-jar", str(jar),
-                   "-sharedDb", "-dbPath", str(data), "-disableTelemetry", "-port", str(dynamodb_port)]
+        command = [
+            "java",
+            f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
+            "-jar",
+            str(jar),
+            "-sharedDb",
+            "-dbPath",
+            str(data),
+            "-disableTelemetry",
+            "-port",
+            str(dynamodb_port),
+        ]
         marker = "DynamoDBLocal.jar"
         state["dynamodb_data"] = str(data)
     else:
@@ -367,8 +403,10 @@ def stop(directory: Path | None = None) -> dict | None:
 
 def describe(state: dict) -> str:
     env = environment(state)
-    return (f"Spotify emulator {env['SPOTIFY_API_BASE_URL']}, DynamoDB ({state['engine']}) "
-            f"{env['DYNAMODB_ENDPOINT_URL']}, artists {state['artists_db']}")
+    return (
+        f"Spotify emulator {env['SPOTIFY_API_BASE_URL']}, DynamoDB ({state['engine']}) "
+        f"{env['DYNAMODB_ENDPOINT_URL']}, artists {state['artists_db']}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ reset
@@ -421,7 +459,9 @@ def forget_materializations(asset_keys: tuple[str, ...], reason: str) -> str:
         instance.wipe_assets(keys)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for key in keys:
-            instance.report_runless_asset_event(AssetObservation(asset_key=key, metadata={"wiped": reason, "at": stamp}))
+            instance.report_runless_asset_event(
+                AssetObservation(asset_key=key, metadata={"wiped": reason, "at": stamp})
+            )
     return f"wiped the materializations of {', '.join(asset_keys)} in the Dagster instance at {home}"
 
 
@@ -434,8 +474,10 @@ def status_lines(directory: Path | None = None) -> tuple[bool, list[str]]:
     health = check_health(state)
     healthy = all(ok for ok, _ in health.values())
     env = environment(state)
-    lines = [f"local stack: {'healthy' if healthy else 'NOT healthy'} (started {state['started_at']}, "
-             f"state {state_path(directory)})"]
+    lines = [
+        f"local stack: {'healthy' if healthy else 'NOT healthy'} (started {state['started_at']}, "
+        f"state {state_path(directory)})"
+    ]
     addresses = {"spotify": env["SPOTIFY_API_BASE_URL"], "dynamodb": env["DYNAMODB_ENDPOINT_URL"]}
     names = {"spotify": "Spotify emulator", "dynamodb": f"DynamoDB ({state['engine']})"}
     for name, info in state["processes"].items():

@@ -42,18 +42,22 @@ from toptracks_dagster.spotify.raw import (
     raw_partition_key,
 )
 
-ITEM_SCHEMA = TableSchema(columns=[
-    TableColumn("artist_id", "string", description="partition key: Spotify artist id"),
-    TableColumn("country_track_id", "string", description="sort key: '<market>#<track id>'"),
-    TableColumn("country", "string", description="market; GSI country-popularity-index hash key"),
-    TableColumn("popularity", "number", description="0..100; GSI range key (0 with popularity_missing when absent)"),
-    TableColumn("id", "string", description="Spotify track id"),
-    TableColumn("rank", "number", description="1-based position in the artist's top list"),
-    TableColumn("name", "string"),
-    TableColumn("fetched_at", "string", description="when this version of the list was fetched (ISO 8601, UTC)"),
-    TableColumn("content_hash", "string", description="what decides whether the item is rewritten"),
-    TableColumn("album, artists, duration_ms, ...", "map/list/...", description="the rest of the track JSON"),
-])
+ITEM_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("artist_id", "string", description="partition key: Spotify artist id"),
+        TableColumn("country_track_id", "string", description="sort key: '<market>#<track id>'"),
+        TableColumn("country", "string", description="market; GSI country-popularity-index hash key"),
+        TableColumn(
+            "popularity", "number", description="0..100; GSI range key (0 with popularity_missing when absent)"
+        ),
+        TableColumn("id", "string", description="Spotify track id"),
+        TableColumn("rank", "number", description="1-based position in the artist's top list"),
+        TableColumn("name", "string"),
+        TableColumn("fetched_at", "string", description="when this version of the list was fetched (ISO 8601, UTC)"),
+        TableColumn("content_hash", "string", description="what decides whether the item is rewritten"),
+        TableColumn("album, artists, duration_ms, ...", "map/list/...", description="the rest of the track JSON"),
+    ]
+)
 
 
 @asset(
@@ -73,7 +77,8 @@ ITEM_SCHEMA = TableSchema(columns=[
     # each (artist, market) list is in raw_top_tracks' metadata and its freshness-bound check.
     freshness_policy=FreshnessPolicy.time_window(
         fail_window=timedelta(days=max(1.0, settings.freshness_target_days())),
-        warn_window=timedelta(days=1) if settings.freshness_target_days() > 1 else None),
+        warn_window=timedelta(days=1) if settings.freshness_target_days() > 1 else None,
+    ),
     description=(
         "The DynamoDB table (TOPTRACKS_TABLE, default `top_tracks`): key artist_id + country_track_id "
         "('<market>#<track id>'), GSI country-popularity-index. After a market's load its items are exactly "
@@ -88,8 +93,9 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
     client = dynamodb.get_client()
     endpoint = dynamodb.describe_endpoint()
     try:
-        table_status = ensure_table(client, dynamodb.table_name, endpoint, create=settings.create_table(),
-                                    template=settings.TABLE_TEMPLATE)
+        table_status = ensure_table(
+            client, dynamodb.table_name, endpoint, create=settings.create_table(), template=settings.TABLE_TEMPLATE
+        )
     except (DynamoDBUnavailable, TableSchemaMismatch, TableMissing) as error:
         raise Failure(description=str(error), allow_retries=False) from None
     if table_status == "created":
@@ -106,10 +112,18 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
         started = time.monotonic()
         try:
             result = load_market(
-                client, dynamodb.table_name, endpoint, raw, raw_storage, created_now=table_status == "created",
-                concurrency=dynamodb.write_concurrency, max_batch_retries=dynamodb.max_batch_retries,
+                client,
+                dynamodb.table_name,
+                endpoint,
+                raw,
+                raw_storage,
+                created_now=table_status == "created",
+                concurrency=dynamodb.write_concurrency,
+                max_batch_retries=dynamodb.max_batch_retries,
                 max_delete_share=settings.max_delete_share(),
-                delete_allowed=settings.mass_delete_allowed(context.run.tags), log=context.log.info)
+                delete_allowed=settings.mass_delete_allowed(context.run.tags),
+                log=context.log.info,
+            )
         except MassDeletionRefused as error:
             raise Failure(description=str(error), allow_retries=False) from None
         except DynamoDBUnavailable as error:
@@ -124,23 +138,32 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
             f"{numbers['items_deleted']} deleted, {numbers['write_requests']} write requests, "
             f"{numbers['read_requests']} reads in {wall_s:.1f} s (table state: {result.table_state})"
         )
-        context.add_asset_metadata({
-            "dagster/row_count": int(numbers["items_written"] + numbers["items_unchanged"]),
-            "dagster/table_name": dynamodb.table_name,
-            "endpoint": endpoint,
-            "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market))),
-            **{name: value for name, value in numbers.items()},
-            "artists_changed": len(result.changed_artists),
-            "artists_removed": len(result.removed_artists),
-            "table_state": result.table_state,
-            "wall_time_s": round(wall_s, 3),
-        }, partition_key=market)
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": int(numbers["items_written"] + numbers["items_unchanged"]),
+                "dagster/table_name": dynamodb.table_name,
+                "endpoint": endpoint,
+                "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market))),
+                **{name: value for name, value in numbers.items()},
+                "artists_changed": len(result.changed_artists),
+                "artists_removed": len(result.removed_artists),
+                "table_state": result.table_state,
+                "wall_time_s": round(wall_s, 3),
+            },
+            partition_key=market,
+        )
     yield MaterializeResult()
     checks = {}
     for market, raw in raws.items():
         touched = results[market].changed_artists | results[market].removed_artists
         base = {"market": market, "table": dynamodb.table_name, "endpoint": endpoint}
-        checks[market] = verify_market_after_load(dynamodb, raw, touched, settings.check_sample_size(),
-                                                  seed=context.run_id, base=base,
-                                                  had_no_items=results[market].had_no_items)
+        checks[market] = verify_market_after_load(
+            dynamodb,
+            raw,
+            touched,
+            settings.check_sample_size(),
+            seed=context.run_id,
+            base=base,
+            had_no_items=results[market].had_no_items,
+        )
     yield from emit_check_results(context, checks)

@@ -12,9 +12,9 @@ Two costs, two places:
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
 
 import itertools
-import threading
 import math
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -114,7 +114,7 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and a == b
 
 
@@ -148,8 +148,10 @@ def query_artist_items(client, table: str, market: str, artist_id: str, keys_onl
         "ConsistentRead": True,
     }
     if keys_only:
-        kwargs.update(ProjectionExpression="#sk, #rank, #pop",
-                      ExpressionAttributeNames={**kwargs["ExpressionAttributeNames"], "#rank": "rank", "#pop": "popularity"})
+        kwargs.update(
+            ProjectionExpression="#sk, #rank, #pop",
+            ExpressionAttributeNames={**kwargs["ExpressionAttributeNames"], "#rank": "rank", "#pop": "popularity"},
+        )
     while True:
         page = client.query(**kwargs)
         for raw_item in page.get("Items", []):
@@ -162,8 +164,10 @@ def query_artist_items(client, table: str, market: str, artist_id: str, keys_onl
 
 def _query_artist(client, table: str, market: str, artist_id: str) -> dict[str, tuple[int | None, int | None]]:
     """'<market>#<track id>' -> (rank, popularity) of one artist's items in the market, strongly consistent."""
-    return {key: (plain(item.get("rank")), plain(item.get("popularity")))
-            for key, item in query_artist_items(client, table, market, artist_id, keys_only=True).items()}
+    return {
+        key: (plain(item.get("rank")), plain(item.get("popularity")))
+        for key, item in query_artist_items(client, table, market, artist_id, keys_only=True).items()
+    }
 
 
 def _market_keys_from_gsi(client, table: str, market: str) -> Iterator[tuple[str, str]]:
@@ -189,11 +193,16 @@ def _get_items(client, table: str, keys: list[tuple[str, str]], keys_only: bool 
     found: dict[tuple[str, str], dict] = {}
     for start in range(0, len(keys), 100):  # BatchGetItem's limit
         request: dict = {
-            "Keys": [{PARTITION_KEY: {"S": a}, SORT_KEY: {"S": s}} for a, s in keys[start:start + 100]],
+            "Keys": [{PARTITION_KEY: {"S": a}, SORT_KEY: {"S": s}} for a, s in keys[start : start + 100]],
             "ConsistentRead": True,
         }
         if keys_only:
-            request.update({"ProjectionExpression": "#pk, #sk", "ExpressionAttributeNames": {"#pk": PARTITION_KEY, "#sk": SORT_KEY}})
+            request.update(
+                {
+                    "ProjectionExpression": "#pk, #sk",
+                    "ExpressionAttributeNames": {"#pk": PARTITION_KEY, "#sk": SORT_KEY},
+                }
+            )
         pending = {table: request}
         for attempt in range(10):
             response = client.batch_get_item(RequestItems=pending)
@@ -253,23 +262,28 @@ def diff_market(dynamodb: DynamoDBResource, raw: RawPartition) -> MarketDiff:
             chunk = [o for o in chunk if o.artist_id not in present]
             present.update(o.artist_id for o in chunk)
             actual_by_artist = pool.map(lambda o: _query_artist(client, table, market, o.artist_id), chunk)
-            for outcome, actual in zip(chunk, actual_by_artist):
+            for outcome, actual in zip(chunk, actual_by_artist, strict=True):
                 diff.artists += 1
-                expected = {key: (rank, stored_popularity(track)) for key, (rank, track) in expected_items(market, outcome).items()}
+                expected = {
+                    key: (rank, stored_popularity(track))
+                    for key, (rank, track) in expected_items(market, outcome).items()
+                }
                 diff.raw_tracks += len(expected)
                 diff.table_items += len(actual)
                 for key, (rank, popularity) in expected.items():
                     if key not in actual:
                         diff.missing.add({"artist_id": outcome.artist_id, SORT_KEY: key})
                     elif actual[key] != (rank, popularity):
-                        diff.changed.add({
-                            "artist_id": outcome.artist_id, SORT_KEY: key,
-                            "raw": {"rank": rank, "popularity": popularity},
-                            "table": {"rank": actual[key][0], "popularity": actual[key][1]},
-                        })
+                        diff.changed.add(
+                            {
+                                "artist_id": outcome.artist_id,
+                                SORT_KEY: key,
+                                "raw": {"rank": rank, "popularity": popularity},
+                                "table": {"rank": actual[key][0], "popularity": actual[key][1]},
+                            }
+                        )
                 for key in actual.keys() - expected.keys():
-                    diff.stale_tracks.add({"artist_id": outcome.artist_id, SORT_KEY: key,
-                                           "raw_status": outcome.status})
+                    diff.stale_tracks.add({"artist_id": outcome.artist_id, SORT_KEY: key, "raw_status": outcome.status})
     # Artists gone from the raw data: found through the market's GSI (every item carries a numeric popularity,
     # so every item is in it), then confirmed on the base table, since the GSI may still show deleted items.
     candidates = [key for key in _market_keys_from_gsi(client, table, market) if key[0] not in present]
@@ -280,7 +294,9 @@ def diff_market(dynamodb: DynamoDBResource, raw: RawPartition) -> MarketDiff:
     return diff
 
 
-def _diff_or_error(dynamodb: DynamoDBResource, raw_storage: RawStorage, market: str) -> tuple[MarketDiff | None, str | None]:
+def _diff_or_error(
+    dynamodb: DynamoDBResource, raw_storage: RawStorage, market: str
+) -> tuple[MarketDiff | None, str | None]:
     try:
         return diff_market(dynamodb, _open_raw(raw_storage, market)), None
     except _Unavailable as error:
@@ -299,8 +315,6 @@ def _table_metadata(dynamodb: DynamoDBResource, raw_storage: RawStorage, market:
     }
 
 
-
-
 # ------------------------------------------------------------------------------------------ per-load checks
 MATCH_RAW = "top_tracks_match_raw"
 ROUND_TRIP = "top_tracks_round_trip"
@@ -312,16 +326,22 @@ def _spec(name: str, description: str):
 
 
 TABLE_CHECK_SPECS = [
-    _spec(MATCH_RAW, (
-        "ERROR: every artist this load wrote, re-read or deleted, plus a rotating sample of "
-        "TOPTRACKS_CHECK_SAMPLE_SIZE (20) other artists, has exactly the raw partition's tracks in the table "
-        "(keys, rank, popularity; nothing missing, nothing extra; removed artists have no items). Cost: one "
-        "consistent Query per verified artist."
-    )),
-    _spec(ROUND_TRIP, (
-        "ERROR: every item read by the check above equals the raw track JSON, numbers normalised from Decimal "
-        "and the pipeline's own attributes set aside."
-    )),
+    _spec(
+        MATCH_RAW,
+        (
+            "ERROR: every artist this load wrote, re-read or deleted, plus a rotating sample of "
+            "TOPTRACKS_CHECK_SAMPLE_SIZE (20) other artists, has exactly the raw partition's tracks in the table "
+            "(keys, rank, popularity; nothing missing, nothing extra; removed artists have no items). Cost: one "
+            "consistent Query per verified artist."
+        ),
+    ),
+    _spec(
+        ROUND_TRIP,
+        (
+            "ERROR: every item read by the check above equals the raw track JSON, numbers normalised from Decimal "
+            "and the pipeline's own attributes set aside."
+        ),
+    ),
 ]
 
 
@@ -349,8 +369,9 @@ class Verification:
     mismatched: _Sample = field(default_factory=_Sample)
 
 
-def verify_artists(client, table: str, raw: RawPartition, artists: set[str], concurrency: int = 8,
-                   had_no_items: set[str] | None = None) -> Verification:
+def verify_artists(
+    client, table: str, raw: RawPartition, artists: set[str], concurrency: int = 8, had_no_items: set[str] | None = None
+) -> Verification:
     """Read back `artists` and compare with the raw partition; an artist absent from the raw data must have no
     items. Streams the raw partition (memory holds at most a few batches of outcomes, never the market).
 
@@ -372,8 +393,13 @@ def verify_artists(client, table: str, raw: RawPartition, artists: set[str], con
             result.items_read += len(actual)
             _compare_items(result, market, artist_id, expected, actual)
             for key in actual.keys() - expected.keys():
-                result.extra.add({"artist_id": artist_id, SORT_KEY: key,
-                                  "raw_status": outcome.status if outcome is not None else "not in the raw data"})
+                result.extra.add(
+                    {
+                        "artist_id": artist_id,
+                        SORT_KEY: key,
+                        "raw_status": outcome.status if outcome is not None else "not in the raw data",
+                    }
+                )
 
     def by_query(artist_id: str, outcome) -> None:
         actual = query_artist_items(client, table, market, artist_id)
@@ -393,6 +419,7 @@ def verify_artists(client, table: str, raw: RawPartition, artists: set[str], con
     slots = threading.BoundedSemaphore(max(1, concurrency) * 2)
     futures = []
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="verify") as pool:
+
         def submit(function, *args) -> None:
             slots.acquire()
             future = pool.submit(function, *args)
@@ -430,13 +457,20 @@ def _compare_items(result: Verification, market: str, artist_id: str, expected: 
             result.missing.add({"artist_id": artist_id, SORT_KEY: key})
             continue
         if (plain(item.get("rank")), plain(item.get("popularity"))) != (rank, stored_popularity(track)):
-            result.changed.add({"artist_id": artist_id, SORT_KEY: key,
-                                "raw": {"rank": rank, "popularity": stored_popularity(track)},
-                                "table": {"rank": plain(item.get("rank")), "popularity": plain(item.get("popularity"))}})
+            result.changed.add(
+                {
+                    "artist_id": artist_id,
+                    SORT_KEY: key,
+                    "raw": {"rank": rank, "popularity": stored_popularity(track)},
+                    "table": {"rank": plain(item.get("rank")), "popularity": plain(item.get("popularity"))},
+                }
+            )
         expected_fields, actual_fields = track_fields(track), item_fields(item)
-        differing = sorted(n for n in expected_fields.keys() | actual_fields.keys()
-                           if n not in expected_fields or n not in actual_fields
-                           or not same(expected_fields[n], actual_fields[n]))
+        differing = sorted(
+            n
+            for n in expected_fields.keys() | actual_fields.keys()
+            if n not in expected_fields or n not in actual_fields or not same(expected_fields[n], actual_fields[n])
+        )
         if item.get("country") != market:
             differing.append("country")
         if differing:
@@ -445,35 +479,78 @@ def _compare_items(result: Verification, market: str, artist_id: str, expected: 
 
 def evaluate_table_checks(verification: Verification | None, error: str | None, base: dict) -> list[CheckOutcome]:
     if verification is None:
-        return [CheckOutcome.cannot_evaluate(MATCH_RAW, error or "?", metadata=base),
-                CheckOutcome.cannot_evaluate(ROUND_TRIP, error or "?", metadata=base)]
+        return [
+            CheckOutcome.cannot_evaluate(MATCH_RAW, error or "?", metadata=base),
+            CheckOutcome.cannot_evaluate(ROUND_TRIP, error or "?", metadata=base),
+        ]
     v, market = verification, verification.market
     off = v.missing.count + v.changed.count + v.extra.count
     common = {**base, "verified_artists": v.artists, "items_read": v.items_read, "read_requests": v.read_requests}
     return [
-        CheckOutcome(MATCH_RAW, off == 0, AssetCheckSeverity.ERROR, None if off == 0 else (
-            f"the table's items for {market} differ from the raw partition for the verified artists: "
-            f"{v.missing.count} missing, {v.changed.count} with another rank or popularity, {v.extra.count} extra. "
-            f"Re-materialize `top_tracks` for {market}; run `top_tracks_audit` to see the whole market."), {
-            **common, "missing_items": v.missing.count, "missing_item_sample": MetadataValue.json(v.missing.first),
-            "changed_items": v.changed.count, "changed_item_sample": MetadataValue.json(v.changed.first),
-            "extra_items": v.extra.count, "extra_item_sample": MetadataValue.json(v.extra.first)}),
-        CheckOutcome(ROUND_TRIP, v.mismatched.count == 0, AssetCheckSeverity.ERROR, None if not v.mismatched.count else (
-            f"{v.mismatched.count} of {v.items_read} items read back in {market} do not round-trip to the raw track "
-            "JSON; something other than the load wrote them, or the load stores tracks wrongly"), {
-            **common, "mismatched_items": v.mismatched.count, "mismatch_sample": MetadataValue.json(v.mismatched.first)}),
+        CheckOutcome(
+            MATCH_RAW,
+            off == 0,
+            AssetCheckSeverity.ERROR,
+            None
+            if off == 0
+            else (
+                f"the table's items for {market} differ from the raw partition for the verified artists: "
+                f"{v.missing.count} missing, {v.changed.count} with another rank or popularity, {v.extra.count} extra. "
+                f"Re-materialize `top_tracks` for {market}; run `top_tracks_audit` to see the whole market."
+            ),
+            {
+                **common,
+                "missing_items": v.missing.count,
+                "missing_item_sample": MetadataValue.json(v.missing.first),
+                "changed_items": v.changed.count,
+                "changed_item_sample": MetadataValue.json(v.changed.first),
+                "extra_items": v.extra.count,
+                "extra_item_sample": MetadataValue.json(v.extra.first),
+            },
+        ),
+        CheckOutcome(
+            ROUND_TRIP,
+            v.mismatched.count == 0,
+            AssetCheckSeverity.ERROR,
+            None
+            if not v.mismatched.count
+            else (
+                f"{v.mismatched.count} of {v.items_read} items read back in {market} do not round-trip to the raw "
+                "track "
+                "JSON; something other than the load wrote them, or the load stores tracks wrongly"
+            ),
+            {
+                **common,
+                "mismatched_items": v.mismatched.count,
+                "mismatch_sample": MetadataValue.json(v.mismatched.first),
+            },
+        ),
     ]
 
 
-def verify_market_after_load(dynamodb: DynamoDBResource, raw: RawPartition, touched: set[str], sample_size: int,
-                             seed: str, base: dict, had_no_items: set[str] | None = None) -> list[CheckOutcome]:
+def verify_market_after_load(
+    dynamodb: DynamoDBResource,
+    raw: RawPartition,
+    touched: set[str],
+    sample_size: int,
+    seed: str,
+    base: dict,
+    had_no_items: set[str] | None = None,
+) -> list[CheckOutcome]:
     artists = touched | set(rotating_sample(raw.requested_at, touched, sample_size, seed))
     try:
-        verification = verify_artists(dynamodb.get_client(), dynamodb.table_name, raw, artists,
-                                      dynamodb.write_concurrency, had_no_items=had_no_items)
+        verification = verify_artists(
+            dynamodb.get_client(),
+            dynamodb.table_name,
+            raw,
+            artists,
+            dynamodb.write_concurrency,
+            had_no_items=had_no_items,
+        )
     except (ClientError, BotoCoreError) as error:
-        return evaluate_table_checks(None, f"reading table {dynamodb.table_name} at {dynamodb.describe_endpoint()} "
-                                           f"failed: {error}", base)
+        return evaluate_table_checks(
+            None, f"reading table {dynamodb.table_name} at {dynamodb.describe_endpoint()} failed: {error}", base
+        )
     return evaluate_table_checks(verification, None, base)
 
 
@@ -485,19 +562,34 @@ def _audit(dynamodb: DynamoDBResource, raw_storage: RawStorage, market: str) -> 
         return CheckOutcome.cannot_evaluate(AUDIT, error, metadata=metadata)
     extra = diff.stale_tracks.count + diff.stale_artists.count
     passed = not (diff.missing.count or diff.changed.count or extra)
-    return CheckOutcome(AUDIT, passed, AssetCheckSeverity.ERROR, None if passed else (
-        f"the table's items for {market} differ from the raw partition: {diff.missing.count} missing, "
-        f"{diff.changed.count} with another rank or popularity, {diff.stale_tracks.count} stale tracks, "
-        f"{diff.stale_artists.count} items of {len(diff.stale_artist_ids)} artist(s) no longer listed. "
-        f"Re-materialize `top_tracks` for {market}."), {
-        **metadata,
-        "artists": diff.artists, "raw_tracks": diff.raw_tracks, "table_items": diff.table_items,
-        "missing_items": diff.missing.count, "missing_item_sample": MetadataValue.json(diff.missing.first),
-        "changed_items": diff.changed.count, "changed_item_sample": MetadataValue.json(diff.changed.first),
-        "stale_track_items": diff.stale_tracks.count, "stale_track_sample": MetadataValue.json(diff.stale_tracks.first),
-        "stale_artist_items": diff.stale_artists.count, "stale_artists": len(diff.stale_artist_ids),
-        "stale_artist_item_sample": MetadataValue.json(diff.stale_artists.first),
-    })
+    return CheckOutcome(
+        AUDIT,
+        passed,
+        AssetCheckSeverity.ERROR,
+        None
+        if passed
+        else (
+            f"the table's items for {market} differ from the raw partition: {diff.missing.count} missing, "
+            f"{diff.changed.count} with another rank or popularity, {diff.stale_tracks.count} stale tracks, "
+            f"{diff.stale_artists.count} items of {len(diff.stale_artist_ids)} artist(s) no longer listed. "
+            f"Re-materialize `top_tracks` for {market}."
+        ),
+        {
+            **metadata,
+            "artists": diff.artists,
+            "raw_tracks": diff.raw_tracks,
+            "table_items": diff.table_items,
+            "missing_items": diff.missing.count,
+            "missing_item_sample": MetadataValue.json(diff.missing.first),
+            "changed_items": diff.changed.count,
+            "changed_item_sample": MetadataValue.json(diff.changed.first),
+            "stale_track_items": diff.stale_tracks.count,
+            "stale_track_sample": MetadataValue.json(diff.stale_tracks.first),
+            "stale_artist_items": diff.stale_artists.count,
+            "stale_artists": len(diff.stale_artist_ids),
+            "stale_artist_item_sample": MetadataValue.json(diff.stale_artists.first),
+        },
+    )
 
 
 @asset_check(
@@ -513,11 +605,20 @@ def _audit(dynamodb: DynamoDBResource, raw_storage: RawStorage, market: str) -> 
     ),
 )
 def top_tracks_audit(context: AssetCheckExecutionContext, dynamodb: DynamoDBResource, raw_storage: RawStorage):
-    markets = (context.partition_keys if context.has_partition_key_range or context.has_partition_key
-               else country_partitions.get_partition_keys())
+    markets = (
+        context.partition_keys
+        if context.has_partition_key_range or context.has_partition_key
+        else country_partitions.get_partition_keys()
+    )
     for market in markets:
         outcome = _audit(dynamodb, raw_storage, market)
-        yield AssetCheckEvaluation(asset_key=context.check_specs[0].asset_key, check_name=AUDIT,
-                                   passed=outcome.passed, severity=outcome.severity,
-                                   description=outcome.description, metadata=outcome.metadata, partition=market)
+        yield AssetCheckEvaluation(
+            asset_key=context.check_specs[0].asset_key,
+            check_name=AUDIT,
+            passed=outcome.passed,
+            severity=outcome.severity,
+            description=outcome.description,
+            metadata=outcome.metadata,
+            partition=market,
+        )
     yield Output(None, output_name=context.op_def.output_defs[0].name)

@@ -47,8 +47,12 @@ def _is_empty_set(value: Any) -> bool:
 
 def content_hash(market: str, rank: int, track: dict) -> str:
     """What decides whether an item must be rewritten: everything but when it was fetched."""
-    canonical = json.dumps({"format": ITEM_FORMAT, "country": market, "rank": rank, "track": track},
-                           sort_keys=True, ensure_ascii=False, default=str)
+    canonical = json.dumps(
+        {"format": ITEM_FORMAT, "country": market, "rank": rank, "track": track},
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -59,7 +63,9 @@ def list_digest(items_by_key: dict[str, dict]) -> str:
 
 
 def valid_track_id(market: str, track_id: Any) -> bool:
-    return isinstance(track_id, str) and bool(track_id) and len(sort_key(market, track_id).encode()) <= MAX_SORT_KEY_BYTES
+    return (
+        isinstance(track_id, str) and bool(track_id) and len(sort_key(market, track_id).encode()) <= MAX_SORT_KEY_BYTES
+    )
 
 
 def gsi_popularity(value: Any) -> int | None:
@@ -105,7 +111,9 @@ def serialize_item(item: dict) -> dict:
             f"item artist_id={item[PARTITION_KEY]} {SORT_KEY}={item[SORT_KEY]} is {size:,} bytes, above DynamoDB's "
             f"item limit of {MAX_ITEM_BYTES:,} bytes (400 KB); largest attributes: "
             + ", ".join(f"{name} {nbytes:,} B" for nbytes, name in largest),
-            artist_id=item[PARTITION_KEY], key=item[SORT_KEY], size=size,
+            artist_id=item[PARTITION_KEY],
+            key=item[SORT_KEY],
+            size=size,
         )
     return serialized
 
@@ -121,7 +129,7 @@ def item_size(serialized: dict) -> int:
 
 
 def _value_size(attribute: dict) -> int:
-    (kind, value), = attribute.items()
+    ((kind, value),) = attribute.items()
     if kind == "S":
         return len(value.encode())
     if kind == "N":
@@ -158,5 +166,3 @@ def deserialize_item(item: dict) -> dict:
 
 def _key(artist_id: str, country_track_id: str) -> dict:
     return {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": country_track_id}}
-
-

@@ -65,8 +65,9 @@ def read_ledger(storage: RawStorage, market: str, identity: dict) -> Ledger | No
 
 def write_ledger(storage: RawStorage, market: str, identity: dict, artists: dict[str, tuple[str, int]]) -> None:
     with storage.open_for_write(_key(market, "ledger.json")) as stream:
-        json.dump({"identity": identity, "artists": {a: list(v) for a, v in artists.items()}}, stream,
-                  separators=(",", ":"))
+        json.dump(
+            {"identity": identity, "artists": {a: list(v) for a, v in artists.items()}}, stream, separators=(",", ":")
+        )
 
 
 def read_journal(storage: RawStorage, market: str, identity: dict) -> set[str] | None:

@@ -46,9 +46,20 @@ class MarketLoadResult:
     table_state: str = ""  # how the load knew what the table held: ledger / ledger+journal / empty / read
 
 
-def load_market(client, table_name: str, endpoint: str, raw, storage: RawStorage, *, created_now: bool,
-                concurrency: int, max_batch_retries: int, max_delete_share: float, delete_allowed: bool,
-                log: Callable[[str], None]) -> MarketLoadResult:
+def load_market(
+    client,
+    table_name: str,
+    endpoint: str,
+    raw,
+    storage: RawStorage,
+    *,
+    created_now: bool,
+    concurrency: int,
+    max_batch_retries: int,
+    max_delete_share: float,
+    delete_allowed: bool,
+    log: Callable[[str], None],
+) -> MarketLoadResult:
     """`raw`: a verified RawPartition of the market. Raises MassDeletionRefused before writing anything."""
     market = raw.market
     identity = table_identity(client, table_name, endpoint)
@@ -84,7 +95,8 @@ def load_market(client, table_name: str, endpoint: str, raw, storage: RawStorage
     if previous is not None and ledger is not None:
         before = ledger.total_items()
         deleting = sum(ledger.count(a) for a in removed) + sum(
-            max(0, ledger.count(a) - digests[a][1]) for a in changed if a in digests)
+            max(0, ledger.count(a) - digests[a][1]) for a in changed if a in digests
+        )
         if before and deleting > max_delete_share * before and not delete_allowed:
             from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG
 
@@ -96,19 +108,37 @@ def load_market(client, table_name: str, endpoint: str, raw, storage: RawStorage
             )
 
     had_no_items = {a for a in changed if previous is not None and a not in previous and a not in untrusted}
-    result = MarketLoadResult(market, LoadStats(), changed_artists=changed, removed_artists=removed,
-                              table_state=state, had_no_items=had_no_items)
+    result = MarketLoadResult(
+        market,
+        LoadStats(),
+        changed_artists=changed,
+        removed_artists=removed,
+        table_state=state,
+        had_no_items=had_no_items,
+    )
     if previous is not None and not changed and not removed:
-        result.stats.add(artists=len(listed), items_unchanged=sum(n for _, n in digests.values()),
-                         artists_skipped_unchanged=len(digests))
+        result.stats.add(
+            artists=len(listed),
+            items_unchanged=sum(n for _, n in digests.values()),
+            artists_skipped_unchanged=len(digests),
+        )
         return result  # nothing to write: no journal, no ledger rewrite
 
     write_journal(storage, market, identity, {ALL_ARTISTS} if previous is None else changed | removed | untrusted)
-    loader = MarketLoader(client, table_name, market, concurrency=concurrency, max_batch_retries=max_batch_retries,
-                          log=log, previous_ledger=previous, untrusted=untrusted, known_digests=digests)
+    loader = MarketLoader(
+        client,
+        table_name,
+        market,
+        concurrency=concurrency,
+        max_batch_retries=max_batch_retries,
+        log=log,
+        previous_ledger=previous,
+        untrusted=untrusted,
+        known_digests=digests,
+    )
     result.stats = loader.load(raw.outcomes())
     kept = {a: v for a, v in digests.items()}
-    for artist_id, digest in loader.ledger.items():  # error outcomes keep the digest of their previous list
+    for artist_id in loader.ledger:  # error outcomes keep the digest of their previous list
         if artist_id not in kept and ledger is not None and artist_id in ledger.artists:
             kept[artist_id] = tuple(ledger.artists[artist_id])
     write_ledger(storage, market, identity, kept)
@@ -119,7 +149,13 @@ def load_market(client, table_name: str, endpoint: str, raw, storage: RawStorage
 def _market_has_items(client, table_name: str, market: str) -> bool:
     """One GSI page of at most one key: does any item of this market exist? Used only when no ledger or journal
     of this table exists, i.e. no load of this pipeline has touched the market in this table."""
-    page = client.query(TableName=table_name, IndexName=GSI_NAME, KeyConditionExpression="#c = :m",
-                        ExpressionAttributeNames={"#c": "country"}, ExpressionAttributeValues={":m": {"S": market}},
-                        Limit=1, Select="COUNT")
+    page = client.query(
+        TableName=table_name,
+        IndexName=GSI_NAME,
+        KeyConditionExpression="#c = :m",
+        ExpressionAttributeNames={"#c": "country"},
+        ExpressionAttributeValues={":m": {"S": market}},
+        Limit=1,
+        Select="COUNT",
+    )
     return page.get("Count", 0) > 0 or "LastEvaluatedKey" in page

@@ -66,10 +66,21 @@ class MarketLoader:
     computes and sends exactly what is still missing.
     """
 
-    def __init__(self, client, table_name: str, market: str, *, concurrency: int = 8, max_batch_retries: int = 8,
-                 log: Callable[[str], None] | None = None, base_delay_s: float = 0.05, max_delay_s: float = 5.0,
-                 previous_ledger: dict[str, str] | None = None, untrusted: set[str] | None = None,
-                 known_digests: dict[str, tuple[str, int]] | None = None):
+    def __init__(
+        self,
+        client,
+        table_name: str,
+        market: str,
+        *,
+        concurrency: int = 8,
+        max_batch_retries: int = 8,
+        log: Callable[[str], None] | None = None,
+        base_delay_s: float = 0.05,
+        max_delay_s: float = 5.0,
+        previous_ledger: dict[str, str] | None = None,
+        untrusted: set[str] | None = None,
+        known_digests: dict[str, tuple[str, int]] | None = None,
+    ):
         # previous_ledger: {artist_id: list digest} of the last successful load of this market into this table,
         # or None when unknown. With it, an artist whose list digest is unchanged is skipped without reading
         # the table, and only artists of the ledger can have items to sweep. `ledger` is this load's, filled as
@@ -88,8 +99,15 @@ class MarketLoader:
         self._concurrency = concurrency
         self._log = log or (lambda message: None)
         self.stats = LoadStats()
-        self._writer = BatchWriter(client, table_name, self.stats, concurrency, max_batch_retries,
-                                   base_delay_s=base_delay_s, max_delay_s=max_delay_s)
+        self._writer = BatchWriter(
+            client,
+            table_name,
+            self.stats,
+            concurrency,
+            max_batch_retries,
+            base_delay_s=base_delay_s,
+            max_delay_s=max_delay_s,
+        )
         self._oversized: list[ItemTooLarge] = []
         self._oversized_lock = threading.Lock()
 
@@ -108,8 +126,9 @@ class MarketLoader:
                 self._delete_artists(sorted((self._previous.keys() | self._untrusted) - seen_artists))
         except TRANSIENT_EXCEPTIONS as error:
             self._writer.abort()
-            raise DynamoDBUnavailable(f"DynamoDB at {endpoint_of(self._client)} failed during the load of "
-                                      f"{self._market}: {error}") from error
+            raise DynamoDBUnavailable(
+                f"DynamoDB at {endpoint_of(self._client)} failed during the load of {self._market}: {error}"
+            ) from error
         except BaseException:
             self._writer.abort()
             raise
@@ -118,7 +137,10 @@ class MarketLoader:
             first = self._oversized[0]
             raise ItemTooLarge(
                 f"{len(self._oversized)} artist(s) in {self._market} have items above the 400 KB limit and kept "
-                f"their previous items; first: {first}", first.artist_id, first.key, first.size,
+                f"their previous items; first: {first}",
+                first.artist_id,
+                first.key,
+                first.size,
             )
         return self.stats
 
@@ -140,8 +162,10 @@ class MarketLoader:
                     break
                 market = getattr(outcome, "market", self._market)
                 if market != self._market:
-                    raise ValueError(f"outcome for artist {outcome.artist_id} is for market {market}, "
-                                     f"not {self._market}: refusing to load it into {self._market}")
+                    raise ValueError(
+                        f"outcome for artist {outcome.artist_id} is for market {market}, "
+                        f"not {self._market}: refusing to load it into {self._market}"
+                    )
                 if outcome.artist_id in seen_artists:
                     # Two refreshes of one artist would race; the raw partition has one outcome per artist.
                     self.stats.add(duplicate_artists=1)
@@ -177,19 +201,29 @@ class MarketLoader:
                 self._remember(outcome.artist_id, self._previous[outcome.artist_id])
             return
         known = self._known_digests.get(outcome.artist_id)
-        if (known is not None and self._previous is not None and outcome.artist_id not in self._untrusted
-                and self._previous.get(outcome.artist_id) == known[0]):
+        if (
+            known is not None
+            and self._previous is not None
+            and outcome.artist_id not in self._untrusted
+            and self._previous.get(outcome.artist_id) == known[0]
+        ):
             # Same list as the last successful load wrote (digest computed before the load): nothing to do.
             self.stats.add(items_unchanged=known[1], artists_skipped_unchanged=1)
             self._remember(outcome.artist_id, known[0])
             return
         wanted = wanted_items(outcome, self._market, self.stats)
         digest = list_digest(wanted)
-        if (self._previous is not None and outcome.artist_id not in self._untrusted
-                and self._previous.get(outcome.artist_id) == digest):
+        if (
+            self._previous is not None
+            and outcome.artist_id not in self._untrusted
+            and self._previous.get(outcome.artist_id) == digest
+        ):
             # Same list as the last successful load wrote: nothing to read, nothing to write.
-            self.stats.add(items_unchanged=len(wanted), artists_skipped_unchanged=1,
-                           tracks_without_popularity=sum(1 for i in wanted.values() if i.get("popularity_missing")))
+            self.stats.add(
+                items_unchanged=len(wanted),
+                artists_skipped_unchanged=1,
+                tracks_without_popularity=sum(1 for i in wanted.values() if i.get("popularity_missing")),
+            )
             self._remember(outcome.artist_id, digest)
             return
         if self._previous is None or outcome.artist_id in self._previous or outcome.artist_id in self._untrusted:
@@ -212,7 +246,9 @@ class MarketLoader:
             self._writer.delete(outcome.artist_id, key)
         self._remember(outcome.artist_id, digest)
         self.stats.add(
-            items_unchanged=len(wanted) - len(changed), items_written=len(changed), items_deleted=len(gone),
+            items_unchanged=len(wanted) - len(changed),
+            items_written=len(changed),
+            items_deleted=len(gone),
             tracks_without_popularity=sum(1 for item in wanted.values() if item.get("popularity_missing")),
         )
 

@@ -61,15 +61,22 @@ class EndpointUnreachable(QueryError):
 # ------------------------------------------------------------------------------------------------- the API
 def get_track(client, table: str, artist_id: str, market: str, track_id: str) -> dict | None:
     """The item of `track_id` in `artist_id`'s top list for `market`, or None."""
-    response = _call(client, table, "get_item", TableName=table, ConsistentRead=True,
-                     Key={PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": sort_key(market, track_id)}})
+    response = _call(
+        client,
+        table,
+        "get_item",
+        TableName=table,
+        ConsistentRead=True,
+        Key={PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": sort_key(market, track_id)}},
+    )
     return plain(deserialize_item(response["Item"])) if "Item" in response else None
 
 
 def artist_top_list(client, table: str, artist_id: str, market: str) -> list[dict]:
     """The artist's top tracks in `market`, in rank order (Query on the key, strongly consistent)."""
     pages = _pages(
-        client, table,
+        client,
+        table,
         TableName=table,
         KeyConditionExpression="#pk = :artist AND begins_with(#sk, :prefix)",
         ExpressionAttributeNames={"#pk": PARTITION_KEY, "#sk": SORT_KEY},
@@ -81,8 +88,15 @@ def artist_top_list(client, table: str, artist_id: str, market: str) -> list[dic
     return sorted(items, key=lambda item: (item.get("rank", 0), item.get(SORT_KEY, "")))
 
 
-def popular_tracks(client, table: str, market: str, min_popularity: int, limit: int | None = None,
-                   page_size: int | None = None, attributes: list[str] | None = None) -> list[dict]:
+def popular_tracks(
+    client,
+    table: str,
+    market: str,
+    min_popularity: int,
+    limit: int | None = None,
+    page_size: int | None = None,
+    attributes: list[str] | None = None,
+) -> list[dict]:
     """Tracks in `market` with popularity > `min_popularity`, most popular first (GSI Query, paginated).
 
     `limit` caps the number of tracks returned; `page_size` the items per Query request (DynamoDB pages at
@@ -160,7 +174,8 @@ def _explain(client, table: str, error: Exception) -> Exception:
 def add_query_commands(subparsers) -> argparse.ArgumentParser:
     """Add `query {track,top,popular}` to an argparse subparsers object; returns the `query` parser."""
     query = subparsers.add_parser(
-        "query", help="read the top_tracks table: one track, an artist's top list, or popular tracks in a market",
+        "query",
+        help="read the top_tracks table: one track, an artist's top list, or popular tracks in a market",
         description=__doc__.split("\n\n")[0],
     )
     kinds = query.add_subparsers(dest="query_command", required=True, metavar="{track,top,popular}")
@@ -179,8 +194,9 @@ def add_query_commands(subparsers) -> argparse.ArgumentParser:
 
     popular = kinds.add_parser("popular", parents=[common], help="tracks in a market above a popularity")
     popular.add_argument("market", type=_market)
-    popular.add_argument("--min", dest="min_popularity", type=int, required=True,
-                         help="popularity strictly above this (0-100)")
+    popular.add_argument(
+        "--min", dest="min_popularity", type=int, required=True, help="popularity strictly above this (0-100)"
+    )
     popular.add_argument("--limit", type=_positive, help="at most this many tracks")
     popular.add_argument("--page-size", type=_positive, help="items per Query request (default: DynamoDB's 1 MB pages)")
     return query
@@ -196,7 +212,9 @@ def run_query_command(args: argparse.Namespace, client=None, out=None, err=None)
         if args.query_command == "track":
             item = get_track(client, table, args.artist_id, args.market, args.track_id)
             if item is None:
-                print(f"no track {args.track_id} for artist {args.artist_id} in {args.market} (table {table})", file=err)
+                print(
+                    f"no track {args.track_id} for artist {args.artist_id} in {args.market} (table {table})", file=err
+                )
                 return 1
             _print(out, item, args.json, _track_text)
         elif args.query_command == "top":
@@ -205,10 +223,19 @@ def run_query_command(args: argparse.Namespace, client=None, out=None, err=None)
                 print(f"no top tracks for artist {args.artist_id} in {args.market} (table {table})", file=err)
             _print(out, items, args.json, lambda rows: _table(rows, TOP_COLUMNS))
         else:
-            items = popular_tracks(client, table, args.market, args.min_popularity, limit=args.limit,
-                                   page_size=args.page_size, attributes=None if args.json else POPULAR_ATTRIBUTES)
+            items = popular_tracks(
+                client,
+                table,
+                args.market,
+                args.min_popularity,
+                limit=args.limit,
+                page_size=args.page_size,
+                attributes=None if args.json else POPULAR_ATTRIBUTES,
+            )
             if not items:
-                print(f"no tracks in {args.market} with popularity above {args.min_popularity} (table {table})", file=err)
+                print(
+                    f"no tracks in {args.market} with popularity above {args.min_popularity} (table {table})", file=err
+                )
             _print(out, items, args.json, lambda rows: _table(rows, POPULAR_COLUMNS))
         return 0
     except config.ConfigError as error:
@@ -217,8 +244,11 @@ def run_query_command(args: argparse.Namespace, client=None, out=None, err=None)
     except QueryError as error:
         print(f"query failed: {error}", file=err)
         if isinstance(error, EndpointUnreachable) and config.deployment() == config.LOCAL:
-            print("DAGSTER_DEPLOYMENT=local: the embedded stack's DynamoDB only runs while the stack does; "
-                  "set DYNAMODB_ENDPOINT_URL to query another endpoint", file=err)
+            print(
+                "DAGSTER_DEPLOYMENT=local: the embedded stack's DynamoDB only runs while the stack does; "
+                "set DYNAMODB_ENDPOINT_URL to query another endpoint",
+                file=err,
+            )
         return 1
 
 
@@ -254,8 +284,22 @@ POPULAR_COLUMNS = [
     ("artists", lambda i: ", ".join(a.get("name", "") for a in i.get("artists") or [] if isinstance(a, dict))),
 ]
 POPULAR_ATTRIBUTES = [PARTITION_KEY, "id", "name", "rank", "popularity", "artists"]  # name, rank: reserved words
-TRACK_FIELDS = ["artist_id", "country", "id", "rank", "name", "popularity", "artists", "album", "duration_ms",
-                "explicit", "is_playable", "preview_url", "external_urls", "fetched_at"]
+TRACK_FIELDS = [
+    "artist_id",
+    "country",
+    "id",
+    "rank",
+    "name",
+    "popularity",
+    "artists",
+    "album",
+    "duration_ms",
+    "explicit",
+    "is_playable",
+    "preview_url",
+    "external_urls",
+    "fetched_at",
+]
 
 
 def _print(out, value, as_json: bool, as_text) -> None:
@@ -286,9 +330,11 @@ def _table(items: list[dict], columns: list) -> str:
     cells = [[_cell(get(item)) for _, get in columns] for item in items]
     headers = [header for header, _ in columns]
     widths = [max([_width(h)] + [_width(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(_pad(h, w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(_pad(c, w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = [
+        "  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 
 

@@ -45,11 +45,19 @@ PIPELINE_ATTRIBUTES = (PARTITION_KEY, SORT_KEY, "country", "rank", "fetched_at",
 # Errors after which a whole batch is resent with the loader's backoff. botocore's standard retry mode already
 # retries them a few times, but its retry quota runs dry under sustained throttling (it then raises at once);
 # the loader's own bounded loop keeps a long load alive and counts what it finally could not write.
-RETRYABLE_ERROR_CODES = frozenset({
-    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
-    "InternalServerError", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException",
-})
+RETRYABLE_ERROR_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
 TRANSIENT_EXCEPTIONS = (BotocoreConnectionError, HTTPClientError)  # the same classes botocore retries
+
 
 class DynamoDBUnavailable(RuntimeError):
     """The endpoint cannot be reached."""
@@ -116,9 +124,7 @@ def ensure_table(client, table_name: str, endpoint: str, create: bool = True, te
             TableName=table_name,
             KeySchema=KEY_SCHEMA,
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in ATTRIBUTE_TYPES.items()],
-            GlobalSecondaryIndexes=[
-                {"IndexName": GSI_NAME, "KeySchema": GSI_KEY_SCHEMA, "Projection": GSI_PROJECTION}
-            ],
+            GlobalSecondaryIndexes=[{"IndexName": GSI_NAME, "KeySchema": GSI_KEY_SCHEMA, "Projection": GSI_PROJECTION}],
             BillingMode="PAY_PER_REQUEST",
         )
     except client.exceptions.ResourceInUseException:
@@ -157,12 +163,11 @@ def _check_schema(table_name: str, endpoint: str, description: dict) -> None:
     index = indexes.get(GSI_NAME)
     actual_gsi = (
         f"{_schema_text(index['KeySchema'], types)}, projection {_projection_text(index.get('Projection', {}))}"
-        if index else None
+        if index
+        else None
     )
     if actual_gsi != wanted_gsi:
-        found = "; ".join(
-            f"{name}: {_schema_text(g['KeySchema'], types)}" for name, g in indexes.items()
-        ) or "no GSI"
+        found = "; ".join(f"{name}: {_schema_text(g['KeySchema'], types)}" for name, g in indexes.items()) or "no GSI"
         raise TableSchemaMismatch(
             f"table {table_name} at {endpoint} needs GSI {GSI_NAME} with [{wanted_gsi}], but has "
             f"[{actual_gsi or 'no such index'}] (indexes: {found}); set TOPTRACKS_TABLE to another table or "
@@ -179,5 +184,3 @@ def _schema_text(schema: list[dict], types: dict[str, str]) -> str:
     order = {"HASH": 0, "RANGE": 1}
     keys = sorted(schema, key=lambda k: order.get(k["KeyType"], 2))
     return ", ".join(f"{k['AttributeName']} ({k['KeyType']}, {types.get(k['AttributeName'], '?')})" for k in keys)
-
-

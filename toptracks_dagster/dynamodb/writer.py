@@ -62,8 +62,16 @@ class BatchWriter:
     under throttling; it also cannot run batches in parallel or report what it could not write.
     """
 
-    def __init__(self, client, table_name: str, stats: LoadStats, concurrency: int = 8, max_retries: int = 8,
-                 base_delay_s: float = 0.05, max_delay_s: float = 5.0):
+    def __init__(
+        self,
+        client,
+        table_name: str,
+        stats: LoadStats,
+        concurrency: int = 8,
+        max_retries: int = 8,
+        base_delay_s: float = 0.05,
+        max_delay_s: float = 5.0,
+    ):
         self._client = client
         self._table = table_name
         self._stats = stats
@@ -132,8 +140,9 @@ class BatchWriter:
                 info = error.response.get("Error", {})
                 code = info.get("Code", "ClientError")
                 detail = f"{code}: {info.get('Message', '')}"
-                self._stats.add(write_requests=1,
-                                sdk_retries=error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+                self._stats.add(
+                    write_requests=1, sdk_retries=error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                )
                 if code not in RETRYABLE_ERROR_CODES:
                     break
                 if attempt < self._max_retries:
@@ -148,8 +157,11 @@ class BatchWriter:
             except Exception as error:  # anything else is not worth retrying; it is reported at close()
                 detail = f"{type(error).__name__}: {error}"
                 break
-            self._stats.add(write_requests=1, consumed_write_capacity=_capacity(response),
-                            sdk_retries=response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+            self._stats.add(
+                write_requests=1,
+                consumed_write_capacity=_capacity(response),
+                sdk_retries=response.get("ResponseMetadata", {}).get("RetryAttempts", 0),
+            )
             requests = response.get("UnprocessedItems") or {}
             if not requests:
                 return
@@ -186,5 +198,3 @@ class BatchWriter:
         with self._lock:
             self._take_pending()
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-

@@ -67,8 +67,9 @@ from toptracks_dagster.spotify.resources import SpotifyResource
         "a ledger in raw storage, retries and 404s included); a fetch stopped by the cap publishes what it got."
     ),
 )
-def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotify: SpotifyResource,
-                   raw_storage: RawStorage):
+def raw_top_tracks(
+    context: AssetExecutionContext, config: RefreshConfig, spotify: SpotifyResource, raw_storage: RawStorage
+):
     started = time.monotonic()
     markets = list(context.partition_keys)
     try:
@@ -85,8 +86,9 @@ def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotif
             context.log.warning(f"{error}; refetching every artist of {market}")
             previous[market] = None
     try:
-        plans = plan_run(config, markets, listed, {m: previous[m].requested_at if previous[m] else None
-                                                   for m in markets})
+        plans = plan_run(
+            config, markets, listed, {m: previous[m].requested_at if previous[m] else None for m in markets}
+        )
     except RefreshPlanError as error:
         raise Failure(description=f"refresh config: {error}", allow_retries=False) from None
     pairs = fetch_order(plans)
@@ -102,13 +104,26 @@ def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotif
         merges: dict[str, PartitionMerge] = {}
         pending = {}
         for plan in plans:
-            stream, pending[plan.market] = cleanup.enter_context(raw_storage.write_aside(raw_partition_key(plan.market)))
-            request = {"api_base_url": spotify.api_base_url,
-                       "refresh": {"mode": config.mode, "reason": config.reason, "planned": len(plan.fetch),
-                                   "run_id": context.run_id}}
+            stream, pending[plan.market] = cleanup.enter_context(
+                raw_storage.write_aside(raw_partition_key(plan.market))
+            )
+            request = {
+                "api_base_url": spotify.api_base_url,
+                "refresh": {
+                    "mode": config.mode,
+                    "reason": config.reason,
+                    "planned": len(plan.fetch),
+                    "run_id": context.run_id,
+                },
+            }
             merges[plan.market] = PartitionMerge(
-                stream, plan.market, listed, previous[plan.market].outcomes() if previous[plan.market] else (),
-                request, planned=len(plan.fetch))
+                stream,
+                plan.market,
+                listed,
+                previous[plan.market].outcomes() if previous[plan.market] else (),
+                request,
+                planned=len(plan.fetch),
+            )
         stats, stopped = _fetch(context, spotify, pairs, merges, budget)
         stopped = stopped or capped_before_start
         if stopped:
@@ -134,21 +149,32 @@ def raw_top_tracks(context: AssetExecutionContext, config: RefreshConfig, spotif
         blocked = failed_blocking(checks[market], RAW_CHECK_SPECS)
         if blocked:
             pending[market].discard()
-            context.log.error(f"{market}: not published ({', '.join(o.name for o in blocked)} failed); the previous "
-                              "partition stays current")
+            context.log.error(
+                f"{market}: not published ({', '.join(o.name for o in blocked)} failed); the previous "
+                "partition stays current"
+            )
         else:
             pending[market].publish()
         context.add_asset_metadata(
-            {**_metadata(plan, profile, config, published=not blocked, now=now,
-                         uri=raw_storage.uri(raw_partition_key(market))),
-             "freshness_bound_days": budget.bound_days,
-             "pairs_older_than_bound": profile.older_than(now, budget.bound_days),
-             "artists_not_fetched_cap": profile.unfetched},
+            {
+                **_metadata(
+                    plan,
+                    profile,
+                    config,
+                    published=not blocked,
+                    now=now,
+                    uri=raw_storage.uri(raw_partition_key(market)),
+                ),
+                "freshness_bound_days": budget.bound_days,
+                "pairs_older_than_bound": profile.older_than(now, budget.bound_days),
+                "artists_not_fetched_cap": profile.unfetched,
+            },
             partition_key=market,
         )
-    context.log.info(_stats_line(stats, time.monotonic() - started) + (" (stopped by the request cap)" if stopped else ""))
-    yield MaterializeResult(metadata={**_run_metadata(stats, time.monotonic() - started),
-                                      **budget.metadata(stopped)})
+    context.log.info(
+        _stats_line(stats, time.monotonic() - started) + (" (stopped by the request cap)" if stopped else "")
+    )
+    yield MaterializeResult(metadata={**_run_metadata(stats, time.monotonic() - started), **budget.metadata(stopped)})
     yield from emit_check_results(context, checks)
 
 
@@ -156,8 +182,16 @@ class _Budget:
     """The run's share of TOPTRACKS_REQUESTS_PER_DAY (or of `max_requests`): reserved in the ledger before the
     first request, settled to what was sent after the last one, failures included."""
 
-    def __init__(self, context, storage: RawStorage, cap: int | None, ledger: BudgetLedger | None,
-                 plan: RotationPlan | None, spent_before: int, bound_days: float):
+    def __init__(
+        self,
+        context,
+        storage: RawStorage,
+        cap: int | None,
+        ledger: BudgetLedger | None,
+        plan: RotationPlan | None,
+        spent_before: int,
+        bound_days: float,
+    ):
         self.context, self.storage, self.cap, self.ledger = context, storage, cap, ledger
         self.plan, self.spent_before, self.bound_days = plan, spent_before, bound_days
         self.entry = f"{context.run_id}/{context.retry_number}"
@@ -169,9 +203,13 @@ class _Budget:
         cap = config.max_requests or None
         if per_day is None:
             return cls(context, storage, cap, None, None, 0, settings.freshness_target_days())
-        plan = RotationPlan(artists=len(listed), markets=len(country_partitions.get_partition_keys()),
-                            budget=per_day, runs_per_day=86400 // ROLLING_INTERVAL_S,
-                            target_days=settings.freshness_target_days())
+        plan = RotationPlan(
+            artists=len(listed),
+            markets=len(country_partitions.get_partition_keys()),
+            budget=per_day,
+            runs_per_day=86400 // ROLLING_INTERVAL_S,
+            target_days=settings.freshness_target_days(),
+        )
         now = utc_now()
         try:
             ledger = BudgetLedger.load(storage)
@@ -182,7 +220,9 @@ class _Budget:
         cap = left if cap is None else min(cap, left)
         ledger.reserve(f"{context.run_id}/{context.retry_number}", cap, now)
         ledger.save(storage, now)
-        context.log.info(f"request budget: {spent} of {per_day} spent today (UTC {now.date()}); this run may send {cap}")
+        context.log.info(
+            f"request budget: {spent} of {per_day} spent today (UTC {now.date()}); this run may send {cap}"
+        )
         return cls(context, storage, cap, ledger, plan, spent, plan.bound_days)
 
     def settle(self, used: int) -> None:
@@ -193,17 +233,30 @@ class _Budget:
             self.ledger.save(self.storage, now)
 
     def metadata(self, stopped: bool) -> dict:
-        found = {"run_request_cap": self.cap if self.cap is not None else -1,
-                 "run_stopped_by_cap": stopped, "freshness_bound_days": self.bound_days}
+        found = {
+            "run_request_cap": self.cap if self.cap is not None else -1,
+            "run_stopped_by_cap": stopped,
+            "freshness_bound_days": self.bound_days,
+        }
         if self.plan is not None:
-            found.update({**self.plan.metadata(), "budget_spent_today_before": self.spent_before,
-                          "budget_spent_today_after": self.spent_before + self.used,
-                          "budget_checked_at": iso(utc_now())})
+            found.update(
+                {
+                    **self.plan.metadata(),
+                    "budget_spent_today_before": self.spent_before,
+                    "budget_spent_today_after": self.spent_before + self.used,
+                    "budget_checked_at": iso(utc_now()),
+                }
+            )
         return found
 
 
-def _fetch(context: AssetExecutionContext, spotify: SpotifyResource, pairs: list[tuple[str, str]],
-           merges: dict[str, PartitionMerge], budget: _Budget) -> tuple[dict, bool]:
+def _fetch(
+    context: AssetExecutionContext,
+    spotify: SpotifyResource,
+    pairs: list[tuple[str, str]],
+    merges: dict[str, PartitionMerge],
+    budget: _Budget,
+) -> tuple[dict, bool]:
     """(client stats, stopped by the request cap). Outcomes are pushed in order until the fetch ends."""
     total = len(pairs)
     step = max(1, total // 10)
@@ -254,7 +307,8 @@ def _metadata(plan, profile, config: RefreshConfig, published: bool, now: str, u
         "list_age_median_days": ages["median"],
         "list_age_p95_days": ages["p95"],
         "top_tracks_preview": MetadataValue.md(
-            f"**Most popular tracks in {plan.market}**\n\n| # | track | artist | popularity |\n|---|---|---|---|\n{preview}"
+            f"**Most popular tracks in {plan.market}**\n\n"
+            f"| # | track | artist | popularity |\n|---|---|---|---|\n{preview}"
         ),
     }
 
@@ -280,5 +334,7 @@ def _run_metadata(stats: dict, wall_s: float) -> dict:
 
 
 def _stats_line(stats: dict, wall_s: float) -> str:
-    return (f"{int(stats['requests'])} top-tracks requests ({int(stats['status_429'])} answered 429, "
-            f"{int(stats['retries'])} retries) in {wall_s:.1f} s")
+    return (
+        f"{int(stats['requests'])} top-tracks requests ({int(stats['status_429'])} answered 429, "
+        f"{int(stats['retries'])} retries) in {wall_s:.1f} s"
+    )

@@ -102,15 +102,17 @@ class BudgetLedger:
             if entry.run_id == run_id and entry.spent is None:
                 entry.spent, entry.ended_at = spent, iso(now)
                 return
-        self.entries.append(BudgetEntry(run_id=run_id, started_at=iso(now), reserved=spent, spent=spent,
-                                        ended_at=iso(now)))
+        self.entries.append(
+            BudgetEntry(run_id=run_id, started_at=iso(now), reserved=spent, spent=spent, ended_at=iso(now))
+        )
 
 
 def ticks_left_today(now: datetime, interval_s: int) -> int:
     """Ticks of a schedule every `interval_s` seconds (aligned to midnight UTC) from `now` to the end of the day,
     this one included."""
-    midnight = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1), datetime.min.time(),
-                                tzinfo=timezone.utc)
+    midnight = datetime.combine(
+        now.astimezone(timezone.utc).date() + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc
+    )
     return max(1, math.ceil((midnight - now).total_seconds() / interval_s))
 
 
@@ -201,13 +203,16 @@ class RotationPlan:
             "retries and 404s count against the budget: a retry share r stretches the rotation by 1/(1-r)",
         ]
         if self.keeps_target:
-            lines.append(f"OK: the bound of {self.bound_days} day(s) keeps the target of {self.target_days:g} day(s) "
-                         f"(TOPTRACKS_FRESHNESS_TARGET_DAYS); the budget keeps up to "
-                         f"{self.max_artists_for_target:,} artists at {self.markets} markets")
+            lines.append(
+                f"OK: the bound of {self.bound_days} day(s) keeps the target of {self.target_days:g} day(s) "
+                f"(TOPTRACKS_FRESHNESS_TARGET_DAYS); the budget keeps up to "
+                f"{self.max_artists_for_target:,} artists at {self.markets} markets"
+            )
         else:
             needed = math.ceil(self.pairs / max(1, math.floor(self.target_days)))
             lines.append(
                 f"PAST WHAT THE BUDGET CAN KEEP: the catalogue needs {self.bound_days} days per rotation, above the "
                 f"target of {self.target_days:g} day(s). Keeping the target needs {needed:,} requests per day, or at "
-                f"most {self.max_artists_for_target:,} artists at this budget.")
+                f"most {self.max_artists_for_target:,} artists at this budget."
+            )
         return lines

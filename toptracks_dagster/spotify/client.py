@@ -84,8 +84,12 @@ ACCESS_DENIED_HINT = (
 
 _SERVER_ERRORS = (500, 502, 503, 504)
 # What requests raises when an answer breaks off after its headers, a part urllib3's Retry does not cover.
-_BODY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                requests.exceptions.ContentDecodingError)
+_BODY_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 _NEVER = threading.Event()  # the stop signal of calls made outside iter_top_tracks: never set
 
 
@@ -132,8 +136,15 @@ class AccessTokenProvider:
     the others wait for it.
     """
 
-    def __init__(self, session: requests.Session, token_url: str, client_id: str, client_secret: str,
-                 timeout: tuple[float, float], stats: FetchStats):
+    def __init__(
+        self,
+        session: requests.Session,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        timeout: tuple[float, float],
+        stats: FetchStats,
+    ):
         self._session = session
         self._token_url = token_url
         self._client_id = client_id
@@ -386,9 +397,12 @@ class SpotifyClient:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         # The token endpoint (another host in production) is not paced: its retries use a plain Retry.
-        self._session.mount(token_url, HTTPAdapter(pool_connections=1, pool_maxsize=2,
-                                                   max_retries=Retry(**retry_options)))
-        self._tokens = AccessTokenProvider(self._session, token_url, client_id, client_secret, self._timeout, self.stats)
+        self._session.mount(
+            token_url, HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=Retry(**retry_options))
+        )
+        self._tokens = AccessTokenProvider(
+            self._session, token_url, client_id, client_secret, self._timeout, self.stats
+        )
 
     def close(self) -> None:
         self._session.close()
@@ -433,8 +447,11 @@ class SpotifyClient:
             except requests.RequestException as error:
                 if _retries_exhausted(error):
                     # urllib3 already spent its tries on resets / timeouts (and maybe 5xx) of this request.
-                    self.stats.add(requests=self.max_attempts, retries=self.max_attempts - 1 + (1 if sent else 0),
-                                   transport_errors=1)
+                    self.stats.add(
+                        requests=self.max_attempts,
+                        retries=self.max_attempts - 1 + (1 if sent else 0),
+                        transport_errors=1,
+                    )
                     raise SpotifyRequestFailed(
                         f"{where}: {_transport_problem(error)} after {tries + self.max_attempts} tries "
                         f"({_short(error)})"
@@ -469,17 +486,23 @@ class SpotifyClient:
                 if isinstance(tracks, list) and all(isinstance(t, dict) for t in tracks):
                     self.stats.add(status_2xx=1)
                     self.pacer.success()
-                    return TopTracksOutcome(artist_id, market, requested_at, 200, tracks, None, sent, len(response.content))
+                    return TopTracksOutcome(
+                        artist_id, market, requested_at, 200, tracks, None, sent, len(response.content)
+                    )
                 self.stats.add(malformed_bodies=1)
-                problem = "malformed JSON body (no 'tracks' list)" if body is None or isinstance(body, dict) \
+                problem = (
+                    "malformed JSON body (no 'tracks' list)"
+                    if body is None or isinstance(body, dict)
                     else "unexpected JSON body"
+                )
                 self._back_off_or_fail(where, problem, tries, stop)
                 continue
             if status == 404:
                 self.stats.add(status_404=1)
                 self.pacer.success()
-                return TopTracksOutcome(artist_id, market, requested_at, 404, None, _api_error(body, 404), sent,
-                                        len(response.content))
+                return TopTracksOutcome(
+                    artist_id, market, requested_at, 404, None, _api_error(body, 404), sent, len(response.content)
+                )
             if status == 401:
                 self.stats.add(status_401=1)
                 if refreshed_after_401:

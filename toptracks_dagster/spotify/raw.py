@@ -172,8 +172,10 @@ def _migrate_legacy(storage: RawStorage, market: str) -> bool:
         _write_record(stream, {**records[0], "format": FORMAT, "migrated_from": storage.uri(legacy)})
         for artist_id in sorted(outcomes):
             _write_record(stream, outcomes[artist_id])
-        _write_record(stream, {"record": "end", "outcomes": len(outcomes),
-                               "finished_at": records[-1].get("finished_at", utc_now_iso())})
+        _write_record(
+            stream,
+            {"record": "end", "outcomes": len(outcomes), "finished_at": records[-1].get("finished_at", utc_now_iso())},
+        )
     storage.delete(legacy)
     return True
 
@@ -243,8 +245,11 @@ class MarketProfile:
         ages = sorted(((now - parse_iso(t)).total_seconds() / 86400 for t in self.requested_at if t), reverse=True)
         if not ages:
             return {"oldest": 0.0, "median": 0.0, "p95": 0.0}
-        return {"oldest": round(ages[0], 3), "median": round(ages[len(ages) // 2], 3),
-                "p95": round(ages[int(len(ages) * 0.05)], 3)}
+        return {
+            "oldest": round(ages[0], 3),
+            "median": round(ages[len(ages) // 2], 3),
+            "p95": round(ages[int(len(ages) * 0.05)], 3),
+        }
 
     def older_than(self, now_iso: str, days: float) -> int:
         """Stored lists older than `days` (the freshness bound)."""
@@ -254,8 +259,10 @@ class MarketProfile:
     def oldest(self, now_iso: str) -> list[dict]:
         """The oldest stored lists, oldest first, with their age in days."""
         now = parse_iso(now_iso).timestamp()
-        return [{"artist_id": a, "market": self.market, "requested_at": t, "age_days": round((now + e) / 86400, 3)}
-                for e, a, t in sorted(self.oldest_heap, reverse=True)]
+        return [
+            {"artist_id": a, "market": self.market, "requested_at": t, "age_days": round((now + e) / 86400, 3)}
+            for e, a, t in sorted(self.oldest_heap, reverse=True)
+        ]
 
     def _count(self, outcome: TopTracksOutcome) -> None:
         self.outcomes += 1
@@ -276,9 +283,13 @@ class MarketProfile:
             popularity = track.get("popularity") if isinstance(track, dict) else None
             popularity = popularity if isinstance(popularity, int) and not isinstance(popularity, bool) else 0
             self.popularity_sum += popularity
-            self.top_preview.append({"artist_id": outcome.artist_id,
-                                     "track": str(track.get("name", "")) if isinstance(track, dict) else "",
-                                     "popularity": popularity})
+            self.top_preview.append(
+                {
+                    "artist_id": outcome.artist_id,
+                    "track": str(track.get("name", "")) if isinstance(track, dict) else "",
+                    "popularity": popularity,
+                }
+            )
         if len(self.top_preview) > 50:  # keep memory flat: only the best few survive
             self.top_preview = sorted(self.top_preview, key=lambda t: -t["popularity"])[:10]
 
@@ -302,8 +313,14 @@ class MarketProfile:
                 for name, _ in problems:
                     self.problems_by_field[name] = self.problems_by_field.get(name, 0) + 1
                 track_id = track.get("id") if isinstance(track, dict) else None
-                self.invalid_tracks.add({"artist_id": outcome.artist_id, "rank": rank, "track_id": str(track_id)[:40],
-                                         "problems": [f"{name}: {problem}" for name, problem in problems]})
+                self.invalid_tracks.add(
+                    {
+                        "artist_id": outcome.artist_id,
+                        "rank": rank,
+                        "track_id": str(track_id)[:40],
+                        "problems": [f"{name}: {problem}" for name, problem in problems],
+                    }
+                )
             track_id = track.get("id") if isinstance(track, dict) else None
             if isinstance(track_id, str) and track_id:
                 ranks.setdefault(track_id, []).append(rank)
@@ -335,8 +352,15 @@ class PartitionMerge:
     keeps its previous outcome, and previous outcomes of artists no longer in the list are dropped.
     """
 
-    def __init__(self, stream: IO[str], market: str, artist_ids: list[str], previous: Iterable[TopTracksOutcome],
-                 request: dict, planned: int):
+    def __init__(
+        self,
+        stream: IO[str],
+        market: str,
+        artist_ids: list[str],
+        previous: Iterable[TopTracksOutcome],
+        request: dict,
+        planned: int,
+    ):
         self._stream = stream
         self.market = market
         self._ids = artist_ids
@@ -344,8 +368,9 @@ class PartitionMerge:
         self._previous = iter(previous)
         self._held: TopTracksOutcome | None = next(self._previous, None)
         self.profile = MarketProfile(market=market, planned=planned)
-        _write_record(stream, {"record": "request", "format": FORMAT, "market": market, **request,
-                               "started_at": utc_now_iso()})
+        _write_record(
+            stream, {"record": "request", "format": FORMAT, "market": market, **request, "started_at": utc_now_iso()}
+        )
 
     def _previous_for(self, artist_id: str) -> TopTracksOutcome | None:
         """The previous outcome of `artist_id` (if any); previous outcomes of artists before it are dropped."""

@@ -28,14 +28,26 @@ RefreshMode = Literal["full", "changed", "stalest", "artists"]
 class RefreshConfig(Config):
     """Run config of `raw_top_tracks` (the launchpad shows it; the defaults are a full refresh)."""
 
-    mode: RefreshMode = Field(default="full", description="full | changed | stalest | artists (see the asset description)")
+    mode: RefreshMode = Field(
+        default="full", description="full | changed | stalest | artists (see the asset description)"
+    )
     limit: int = Field(default=0, ge=0, description="stalest: (artist, market) pairs to refresh per market")
-    pairs: int = Field(default=0, ge=0, description=(
-        "stalest: (artist, market) pairs to refresh over all markets of the run together, stalest first "
-        "(new artists first); used instead of `limit` when above 0"))
-    max_requests: int = Field(default=0, ge=0, description=(
-        "Hard cap on this run's Spotify requests, retries and 404s included; 0 = none (the daily budget "
-        "TOPTRACKS_REQUESTS_PER_DAY still applies)"))
+    pairs: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "stalest: (artist, market) pairs to refresh over all markets of the run together, stalest first "
+            "(new artists first); used instead of `limit` when above 0"
+        ),
+    )
+    max_requests: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Hard cap on this run's Spotify requests, retries and 404s included; 0 = none (the daily budget "
+            "TOPTRACKS_REQUESTS_PER_DAY still applies)"
+        ),
+    )
     artist_ids: list[str] = Field(default_factory=list, description="artists: the ids to refresh")
     reason: str = Field(default="", description="Why this refresh ran; recorded in the metadata")
 
@@ -89,8 +101,9 @@ def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: d
     return MarketPlan(market=market, fetch=fetch, new=len(new), removed=removed)
 
 
-def plan_stalest_pairs(config: RefreshConfig, markets: list[str], listed: list[str],
-                       stored: dict[str, dict[str, str] | None]) -> list[MarketPlan]:
+def plan_stalest_pairs(
+    config: RefreshConfig, markets: list[str], listed: list[str], stored: dict[str, dict[str, str] | None]
+) -> list[MarketPlan]:
     """The `config.pairs` stalest (artist, market) pairs over all `markets`: pairs without a stored list first (an
     artist with no list is always the stalest), in artist-id order, then the oldest `requested_at`; ties go by
     artist id, then market order. `stored`: market -> artist -> requested_at (None: the market has no partition).
@@ -107,25 +120,38 @@ def plan_stalest_pairs(config: RefreshConfig, markets: list[str], listed: list[s
                 chosen.append((artist_id, market))
     room = config.pairs - len(chosen)
     if room > 0:
-        chosen += [(a, m) for _, a, _, m in heapq.nsmallest(
-            room, ((lists[m][a], a, order[m], m) for a in listed for m in markets if a in lists[m]))]
+        chosen += [
+            (a, m)
+            for _, a, _, m in heapq.nsmallest(
+                room, ((lists[m][a], a, order[m], m) for a in listed for m in markets if a in lists[m])
+            )
+        ]
     plans = []
     for market in markets:
         new = sum(1 for a in listed if a not in lists[market])
         removed = sum(1 for a in lists[market] if a not in listed_set)
-        plans.append(MarketPlan(market=market, fetch=sorted(a for a, m in chosen if m == market), new=new,
-                                removed=removed))
+        plans.append(
+            MarketPlan(market=market, fetch=sorted(a for a, m in chosen if m == market), new=new, removed=removed)
+        )
     return plans
 
 
-def plan_run(config: RefreshConfig, markets: list[str], listed: list[str],
-             stored: dict[str, dict[str, str] | None]) -> list[MarketPlan]:
+def plan_run(
+    config: RefreshConfig, markets: list[str], listed: list[str], stored: dict[str, dict[str, str] | None]
+) -> list[MarketPlan]:
     """One plan per market. A market without a partition is fetched in full, except by a `pairs` plan (whose
     pairs without a list come first anyway)."""
     if config.mode == "stalest" and config.pairs > 0:
         return plan_stalest_pairs(config, markets, listed, stored)
-    return [plan_market(config if stored.get(m) is not None else RefreshConfig(mode="full", reason=config.reason),
-                        m, listed, stored.get(m)) for m in markets]
+    return [
+        plan_market(
+            config if stored.get(m) is not None else RefreshConfig(mode="full", reason=config.reason),
+            m,
+            listed,
+            stored.get(m),
+        )
+        for m in markets
+    ]
 
 
 def fetch_order(plans: list[MarketPlan]) -> list[tuple[str, str]]:

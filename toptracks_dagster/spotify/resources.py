@@ -16,7 +16,9 @@ from toptracks_dagster.spotify.client import SpotifyClient
 
 class SpotifyResource(ConfigurableResource):
     client_id: str = Field(description="SPOTIFY_CLIENT_ID")
-    client_secret: str = Field(description="SPOTIFY_CLIENT_SECRET; pass EnvVar('SPOTIFY_CLIENT_SECRET'), never a literal")
+    client_secret: str = Field(
+        description="SPOTIFY_CLIENT_SECRET; pass EnvVar('SPOTIFY_CLIENT_SECRET'), never a literal"
+    )
     api_base_url: str = Field(default=DEFAULT_SPOTIFY_API_BASE_URL, description="SPOTIFY_API_BASE_URL")
     token_url: str = Field(default=DEFAULT_SPOTIFY_TOKEN_URL, description="SPOTIFY_TOKEN_URL")
     concurrency: int = Field(default=8, description="Parallel requests per run (SPOTIFY_CONCURRENCY)")

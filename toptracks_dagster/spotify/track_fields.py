@@ -32,12 +32,21 @@ def track_problems(track: object) -> list[tuple[str, str]]:
     require("is_local", lambda v: isinstance(v, bool), "a boolean")
     require("track_number", is_int, "an integer")
     require("disc_number", is_int, "an integer")
-    require("artists", lambda v: isinstance(v, list) and bool(v) and all(
-        isinstance(a, dict) and isinstance(a.get("id"), str) and isinstance(a.get("name"), str) for a in v
-    ), "a non-empty list of artists with id and name")
+    require(
+        "artists",
+        lambda v: (
+            isinstance(v, list)
+            and bool(v)
+            and all(isinstance(a, dict) and isinstance(a.get("id"), str) and isinstance(a.get("name"), str) for a in v)
+        ),
+        "a non-empty list of artists with id and name",
+    )
     # Album names may be "" in real data; the album must still be an object with an id.
-    require("album", lambda v: isinstance(v, dict) and isinstance(v.get("id"), str) and isinstance(v.get("name"), str),
-            "an album object with id and name")
+    require(
+        "album",
+        lambda v: isinstance(v, dict) and isinstance(v.get("id"), str) and isinstance(v.get("name"), str),
+        "an album object with id and name",
+    )
     require("external_urls", lambda v: isinstance(v, dict), "an object")
     require("preview_url", lambda v: v is None or isinstance(v, str), "a string or null")
     return problems
