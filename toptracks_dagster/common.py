@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timezone
 
@@ -20,3 +21,14 @@ def utc_now_iso() -> str:
 def parse_iso(value: str) -> datetime:
     """An ISO-8601 timestamp as written by utc_now_iso (a trailing Z is UTC)."""
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -4,12 +4,13 @@ died, so a crash never wedges the next headless run."""
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from dataclasses import dataclass, field
 
 from dagster import AssetCheckSeverity, DagsterInstance, DagsterRunStatus
+
+from toptracks_dagster.common import process_alive
 
 _TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 POOLS = ("spotify_api", "dynamodb_top_tracks")
@@ -119,7 +120,7 @@ def free_slots_of_dead_runs(instance: DagsterInstance) -> list[str]:
             run = instance.get_run_by_id(run_id)
             if run is not None and run.status not in _TERMINAL:
                 pid = run.tags.get("toptracks/pid")
-                if not pid or run.tags.get("toptracks/host") != host or _alive(int(pid)):
+                if not pid or run.tags.get("toptracks/host") != host or process_alive(int(pid)):
                     messages.append(f"pool {pool}: slot held by run {run_id} ({run.status.value}); waiting for it")
                     continue
                 instance.report_run_failed(
@@ -136,13 +137,3 @@ def cancel_run(instance: DagsterInstance, run_id: str, reason: str) -> None:
     if run is not None and run.status not in _TERMINAL:
         instance.report_run_canceled(run, reason)
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

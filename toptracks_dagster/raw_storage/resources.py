@@ -20,6 +20,8 @@ from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from toptracks_dagster.common import process_alive
+
 
 class RawObjectMissing(FileNotFoundError):
     """A raw object that an asset needs has not been written yet."""
@@ -138,18 +140,8 @@ def _remove_orphaned_temp_files(directory: Path) -> None:
     """Temp files of writers that died (kill -9) never become objects; remove those whose process is gone."""
     for entry in directory.glob(".*.tmp"):
         match = _TEMP_NAME_RE.match(entry.name)
-        if match and not _process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             entry.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class S3RawStorage(RawStorage):
