@@ -18,7 +18,8 @@ from tests.helpers import (
 )
 from toptracks_dagster.artists_db.checks import ARTIST_IDS_CHECK_SPECS
 from toptracks_dagster.deployments import build_resources
-from toptracks_dagster.dynamodb.checks import TABLE_CHECK_SPECS, top_tracks_audit
+from toptracks_dagster.dynamodb.audit import top_tracks_audit
+from toptracks_dagster.dynamodb.checks import TABLE_CHECK_SPECS
 from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_raw_checks
 from toptracks_dagster.spotify.client import TopTracksOutcome
 from toptracks_dagster.spotify.raw import PartitionMerge

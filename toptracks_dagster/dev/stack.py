@@ -452,9 +452,8 @@ def forget_materializations(asset_keys: tuple[str, ...], reason: str) -> str:
     if not (home / "history").exists() and not (home / "storage").exists():
         return f"no Dagster instance at {home} yet: nothing to forget"
     from dagster import AssetKey, AssetObservation, DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
 
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+    with DagsterInstance.from_config(str(home)) as instance:
         keys = [AssetKey(key) for key in asset_keys]
         instance.wipe_assets(keys)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")

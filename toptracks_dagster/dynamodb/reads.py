@@ -1,0 +1,210 @@
+"""Reading `top_tracks` back for the checks: what the table should hold for an outcome, and how to compare."""
+
+
+# No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
+
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable, Iterator
+
+from toptracks_dagster.dynamodb.items import (
+    deserialize_item,
+    gsi_popularity,
+    valid_track_id,
+)
+from toptracks_dagster.dynamodb.table import (
+    GSI_NAME,
+    PARTITION_KEY,
+    PIPELINE_ATTRIBUTES,
+    SORT_KEY,
+    sort_key,
+)
+from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
+from toptracks_dagster.spotify.raw import (
+    RawPartition,
+    RawPartitionIncomplete,
+)
+
+SAMPLE_SIZE = 10  # offending keys shown in a result's metadata; the counts always cover all of them
+
+
+class Unavailable(Exception):
+    """The raw partition or the table cannot be read; the message says which and why."""
+
+
+@dataclass
+class Sample:
+    count: int = 0
+    first: list = field(default_factory=list)
+
+    def add(self, entry: Any) -> None:
+        self.count += 1
+        if len(self.first) < SAMPLE_SIZE:
+            self.first.append(entry)
+
+
+# ------------------------------------------------------------------------------------------ expectations
+def expected_items(market: str, outcome) -> dict[str, tuple[int, dict]]:
+    """'<market>#<track id>' -> (rank, track) as the load stores them: tracks of a 200 answer with a usable id,
+    first occurrence wins, rank = 1-based position in Spotify's list. A 404 artist has none."""
+    wanted: dict[str, tuple[int, dict]] = {}
+    if outcome.status != 200:
+        return wanted
+    for rank, track in enumerate(outcome.tracks or [], start=1):
+        track_id = track.get("id") if isinstance(track, dict) else None
+        if valid_track_id(market, track_id):
+            wanted.setdefault(sort_key(market, track_id), (rank, track))
+    return wanted
+
+
+def stored_popularity(track: dict) -> int:
+    # The table keeps a number for the GSI key: a missing or unusable popularity is stored as 0.
+    popularity = gsi_popularity(track.get("popularity"))
+    return 0 if popularity is None else popularity
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB values back to JSON values: Decimal -> int or float, sets -> sorted lists."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(v) for v in value)
+    return value
+
+
+def _json_normal(value: Any) -> Any:
+    # What the load can store of a JSON value: non-finite floats become null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_normal(v) for v in value]
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    """JSON equality without Python's True == 1: numbers compare by value (1 == 1.0), booleans only to booleans."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def track_fields(track: dict) -> dict:
+    """The raw track as the table should hold it, without the pipeline's own attributes."""
+    fields = {k: _json_normal(v) for k, v in track.items() if k not in PIPELINE_ATTRIBUTES}
+    fields["popularity"] = stored_popularity(track)
+    return fields
+
+
+def item_fields(item: dict) -> dict:
+    return {k: plain(v) for k, v in item.items() if k not in PIPELINE_ATTRIBUTES}
+
+
+# ------------------------------------------------------------------------------------------ reading
+def open_raw(raw_storage: RawStorage, market: str) -> RawPartition:
+    try:
+        return RawPartition.open(raw_storage, market)
+    except (RawObjectMissing, RawPartitionIncomplete) as error:
+        raise Unavailable(str(error)) from None
+
+
+def query_artist_items(client, table: str, market: str, artist_id: str, keys_only: bool = False) -> dict[str, dict]:
+    """'<market>#<track id>' -> item (deserialized) of one artist in one market: a consistent, paged Query."""
+    found: dict[str, dict] = {}
+    kwargs = {
+        "TableName": table,
+        "KeyConditionExpression": "#pk = :artist AND begins_with(#sk, :prefix)",
+        "ExpressionAttributeNames": {"#pk": PARTITION_KEY, "#sk": SORT_KEY},
+        "ExpressionAttributeValues": {":artist": {"S": artist_id}, ":prefix": {"S": f"{market}#"}},
+        "ConsistentRead": True,
+    }
+    if keys_only:
+        kwargs.update(
+            ProjectionExpression="#sk, #rank, #pop",
+            ExpressionAttributeNames={**kwargs["ExpressionAttributeNames"], "#rank": "rank", "#pop": "popularity"},
+        )
+    while True:
+        page = client.query(**kwargs)
+        for raw_item in page.get("Items", []):
+            item = deserialize_item(raw_item)
+            found[item[SORT_KEY]] = item
+        if "LastEvaluatedKey" not in page:
+            return found
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def query_artist_ranks(client, table: str, market: str, artist_id: str) -> dict[str, tuple[int | None, int | None]]:
+    """'<market>#<track id>' -> (rank, popularity) of one artist's items in the market, strongly consistent."""
+    return {
+        key: (plain(item.get("rank")), plain(item.get("popularity")))
+        for key, item in query_artist_items(client, table, market, artist_id, keys_only=True).items()
+    }
+
+
+def market_keys_from_gsi(client, table: str, market: str) -> Iterator[tuple[str, str]]:
+    kwargs = {
+        "TableName": table,
+        "IndexName": GSI_NAME,
+        "KeyConditionExpression": "#country = :market",
+        "ProjectionExpression": "#pk, #sk",
+        "ExpressionAttributeNames": {"#country": "country", "#pk": PARTITION_KEY, "#sk": SORT_KEY},
+        "ExpressionAttributeValues": {":market": {"S": market}},
+    }
+    while True:
+        page = client.query(**kwargs)
+        for item in page.get("Items", []):
+            yield item[PARTITION_KEY]["S"], item[SORT_KEY]["S"]
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def get_items(client, table: str, keys: list[tuple[str, str]], keys_only: bool = False) -> dict[tuple[str, str], dict]:
+    """Consistent BatchGetItem of `keys` (any number), UnprocessedKeys resent with backoff."""
+    found: dict[tuple[str, str], dict] = {}
+    for start in range(0, len(keys), 100):  # BatchGetItem's limit
+        request: dict = {
+            "Keys": [{PARTITION_KEY: {"S": a}, SORT_KEY: {"S": s}} for a, s in keys[start : start + 100]],
+            "ConsistentRead": True,
+        }
+        if keys_only:
+            request.update(
+                {
+                    "ProjectionExpression": "#pk, #sk",
+                    "ExpressionAttributeNames": {"#pk": PARTITION_KEY, "#sk": SORT_KEY},
+                }
+            )
+        pending = {table: request}
+        for attempt in range(10):
+            response = client.batch_get_item(RequestItems=pending)
+            for raw_item in response.get("Responses", {}).get(table, []):
+                item = deserialize_item(raw_item)
+                found[(item[PARTITION_KEY], item[SORT_KEY])] = item
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+            time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+        else:
+            raise Unavailable(f"DynamoDB left {sum(len(r['Keys']) for r in pending.values())} key(s) unprocessed")
+    return found
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
