@@ -170,9 +170,12 @@ def test_bad_config_values_are_clear_errors(monkeypatch, name, value, words):
     from toptracks_dagster.deployments import build_resources as build
 
     monkeypatch.setenv(name, value)
+    # The prod deployment: building resources reads every variable but starts nothing.
+    monkeypatch.setenv("MYSQL_HOST", "127.0.0.1")
+    monkeypatch.setenv("MYSQL_USER", "root")
     with pytest.raises(config.ConfigError) as raised:
         config.countries()
-        build("local")
+        build("prod")
         config.max_delete_share()
     assert name in str(raised.value) and words in str(raised.value)
 

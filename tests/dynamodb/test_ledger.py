@@ -9,7 +9,7 @@ from pathlib import Path
 from dagster import instance_for_test
 
 from tests.helpers import expected_keys, metadata_of, run_partition, scan_table
-from toptracks_dagster.dynamodb import table as table_module
+from toptracks_dagster.dynamodb import writer as writer_module
 
 
 def ledger_path(prod_env) -> Path:
@@ -53,7 +53,7 @@ def test_crash_mid_load_leaves_a_journal_and_the_rerun_reads_only_its_artists(
         for artist_id in ids:  # enough changes for several write batches
             emulator.catalog.set_revision(artist_id, 2)
         sent = {"batches": 0}
-        real_send = table_module.BatchWriter._send
+        real_send = writer_module.BatchWriter._send
 
         def crash_after_one_batch(self, batch):
             sent["batches"] += 1
@@ -61,12 +61,12 @@ def test_crash_mid_load_leaves_a_journal_and_the_rerun_reads_only_its_artists(
                 raise RuntimeError("simulated crash mid-load")
             return real_send(self, batch)
 
-        monkeypatch.setattr(table_module.BatchWriter, "_send", crash_after_one_batch)
+        monkeypatch.setattr(writer_module.BatchWriter, "_send", crash_after_one_batch)
         assert not run_partition("US", instance, raise_on_error=False).success
         assert journal_path(prod_env).exists(), "a failed load leaves its journal behind"
         journaled = json.loads(journal_path(prod_env).read_text())["artists"]
         assert 0 < len(journaled) <= len(ids)
-        monkeypatch.setattr(table_module.BatchWriter, "_send", real_send)
+        monkeypatch.setattr(writer_module.BatchWriter, "_send", real_send)
         rerun = metadata_of(run_partition("US", instance), "top_tracks")
         assert "journal" in rerun["table_state"]
         assert rerun["read_requests"] == len(journaled)  # the journal's artists only, no GSI sweep
