@@ -40,6 +40,11 @@ def env(name: str, default: str | None = None) -> str | None:
     return value or default
 
 
+def is_set(name: str) -> bool:
+    """Whether the variable exists at all (an empty value included: an empty password is a password)."""
+    return name in os.environ
+
+
 def env_bool(name: str, default: bool = False) -> bool:
     value = env(name)
     if value is None:
@@ -138,8 +143,8 @@ def spotify_max_retry_after_s() -> float:
     return env_float("SPOTIFY_MAX_RETRY_AFTER_S", 300.0, minimum=0.0)
 
 
-def dynamodb_write_concurrency() -> int:
-    return env_int("DYNAMODB_WRITE_CONCURRENCY", 8, minimum=1)
+def dynamodb_write_concurrency(default: int = 8) -> int:
+    return env_int("DYNAMODB_WRITE_CONCURRENCY", default, minimum=1)
 
 
 def sensor_interval_s() -> int:

@@ -37,12 +37,12 @@ def _spotify(api_default: str, token_default: str, concurrency: int, rate: float
     )
 
 
-def _dynamodb(endpoint_default: str | None) -> DynamoDBResource:
+def _dynamodb(endpoint_default: str | None, write_concurrency: int = 8) -> DynamoDBResource:
     return DynamoDBResource(
         endpoint_url=config.env("DYNAMODB_ENDPOINT_URL", endpoint_default),
         region_name=config.region(),
         table_name=config.table_name(),
-        write_concurrency=config.dynamodb_write_concurrency(),
+        write_concurrency=config.dynamodb_write_concurrency(write_concurrency),
     )
 
 
@@ -53,6 +53,8 @@ def _local_resources() -> dict:
     # means someone runs their own services: then the variables are used as they are.
     from toptracks_dagster.dev import stack
 
+    # A malformed value fails here, before anything is started.
+    config.region(), config.table_name(), config.countries(), config.dynamodb_write_concurrency(16)
     if stack.wanted():
         os.environ.update(stack.ensure_local_stack())
     host = "127.0.0.1"
@@ -66,7 +68,8 @@ def _local_resources() -> dict:
             concurrency=16,
             rate=0.0,
         ),
-        "dynamodb": _dynamodb(f"http://{host}:{config.LOCAL_DYNAMODB_PORT}"),
+        # DynamoDB Local on disk absorbs more parallel batches than it gets from 8 writers.
+        "dynamodb": _dynamodb(f"http://{host}:{config.LOCAL_DYNAMODB_PORT}", write_concurrency=16),
         "raw_storage": LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR)),
     }
 
@@ -78,7 +81,7 @@ def _prod_resources() -> dict:
         raise config.ConfigError("DAGSTER_DEPLOYMENT=prod needs MYSQL_HOST and MYSQL_USER (see README, Configuration)")
     iam_auth = config.env_bool("MYSQL_IAM_AUTH")
     # An empty MYSQL_PASSWORD is a valid (if unwise) password; an unset one means none.
-    password = EnvVar("MYSQL_PASSWORD") if not iam_auth and "MYSQL_PASSWORD" in os.environ else None
+    password = EnvVar("MYSQL_PASSWORD") if not iam_auth and config.is_set("MYSQL_PASSWORD") else None
     bucket = config.env("TOPTRACKS_RAW_S3_BUCKET")
     raw_storage = (
         S3RawStorage(s3=S3Resource(region_name=config.region()), bucket=bucket)
