@@ -166,3 +166,16 @@ def deserialize_item(item: dict) -> dict:
 
 def _key(artist_id: str, country_track_id: str) -> dict:
     return {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": country_track_id}}
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB values back to JSON values: Decimal -> int or float, sets -> sorted lists."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(v) for v in value)
+    return value

@@ -25,13 +25,12 @@ import argparse
 import json
 import sys
 import unicodedata
-from decimal import Decimal
 from typing import Any, Iterator
 
 from botocore.exceptions import ClientError
 
 from toptracks_dagster import config
-from toptracks_dagster.dynamodb.items import deserialize_item
+from toptracks_dagster.dynamodb.items import deserialize_item, plain
 from toptracks_dagster.dynamodb.table import (
     GSI_NAME,
     PARTITION_KEY,
@@ -121,19 +120,6 @@ def popular_tracks(
     pages = _pages(client, table, PaginationConfig={k: v for k, v in pagination.items() if v}, **kwargs)
     items = [plain(deserialize_item(raw)) for page in pages for raw in page.get("Items", [])]
     return items[:limit] if limit else items
-
-
-def plain(value: Any) -> Any:
-    """DynamoDB values -> plain Python: Decimal to int or float, sets to sorted lists."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(plain(v) for v in value)
-    return value
 
 
 def _pages(client, table: str, **kwargs) -> Iterator[dict]:

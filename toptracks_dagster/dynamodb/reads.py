@@ -8,12 +8,12 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Iterable, Iterator
 
 from toptracks_dagster.dynamodb.items import (
     deserialize_item,
     gsi_popularity,
+    plain,
     valid_track_id,
 )
 from toptracks_dagster.dynamodb.table import (
@@ -65,19 +65,6 @@ def stored_popularity(track: dict) -> int:
     # The table keeps a number for the GSI key: a missing or unusable popularity is stored as 0.
     popularity = gsi_popularity(track.get("popularity"))
     return 0 if popularity is None else popularity
-
-
-def plain(value: Any) -> Any:
-    """DynamoDB values back to JSON values: Decimal -> int or float, sets -> sorted lists."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(plain(v) for v in value)
-    return value
 
 
 def _json_normal(value: Any) -> Any:
