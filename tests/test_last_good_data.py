@@ -255,3 +255,19 @@ def test_ctrl_c_and_sigterm_stop_a_run_promptly_and_release_its_slots(
         assert not instance.event_log_storage.get_concurrency_info("spotify_api").claimed_slots
     finally:
         del os.environ["DAGSTER_HOME"]
+
+
+def test_unreachable_spotify_fails_at_once_naming_the_endpoint(prod_env, artists_table, some_artist_ids, monkeypatch):
+    from dagster import DagsterEventType
+
+    artists_table.set_ids(some_artist_ids[:3])
+    monkeypatch.setenv("SPOTIFY_TOKEN_URL", "http://127.0.0.1:9/api/token")  # nothing listens there
+    with instance_for_test() as instance:
+        result = run_partition("US", instance, raise_on_error=False)
+    assert not result.success
+    event_types = [event.event_type for event in result.all_events]
+    assert DagsterEventType.STEP_UP_FOR_RETRY not in event_types  # an unreachable endpoint is not retried
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.user_failure_data.description
+    assert "http://127.0.0.1:9/api/token" in message and "unreachable" in message
+    assert prod_env["SPOTIFY_CLIENT_SECRET"] not in message
