@@ -211,3 +211,30 @@ def prod_env(monkeypatch, tmp_path, artists_table, emulator, dynamodb_local_endp
     monkeypatch.delenv("TOPTRACKS_RAW_S3_BUCKET", raising=False)
     monkeypatch.delenv("MYSQL_IAM_AUTH", raising=False)
     return values
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+@pytest.fixture
+def postgres_database():
+    """A throwaway PostgreSQL database for a production Dagster instance (dropped afterwards)."""
+    try:
+        import psycopg2
+    except ImportError:  # installed with dagster-postgres (the `postgres` extra); never a silent skip in CI
+        unavailable("psycopg2 is not installed: pip install -e '.[postgres]'")
+    params = {
+        "host": os.environ.get("TEST_PG_HOST", "127.0.0.1"),
+        "port": int(os.environ.get("TEST_PG_PORT", "5432")),
+        "user": os.environ.get("TEST_PG_USER", "postgres"),
+    }
+    name = f"toptracks_dagster_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **params)
+    except psycopg2.OperationalError as error:
+        unavailable(f"PostgreSQL not reachable: {error}")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    yield {**params, "dbname": name}
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()

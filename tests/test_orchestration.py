@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
 from dagster import (
     DagsterInstance,
     SkipReason,
@@ -17,7 +14,6 @@ from dagster import (
     instance_for_test,
 )
 
-from tests.conftest import unavailable
 from tests.helpers import expected_keys, run_partition, run_request, scan_table
 from toptracks_dagster.artists_db.resources import MySQLArtistsDatabase
 from toptracks_dagster.artists_db.sensors import artists_changed_sensor
@@ -95,31 +91,6 @@ def test_schedules_request_one_run_for_every_market_and_are_off_by_default():
     assert weekly_audit(context).run_key == "audit-2026-11-27"
     assert daily_refresh.default_status.value == "STOPPED" and weekly_audit.default_status.value == "STOPPED"
     assert artists_changed_sensor.default_status.value == "STOPPED"
-
-
-@pytest.fixture
-def postgres_database():
-    try:
-        import psycopg2
-    except ImportError:  # installed with dagster-postgres (the `postgres` extra); never a silent skip in CI
-        unavailable("psycopg2 is not installed: pip install -e '.[postgres]'")
-    params = {
-        "host": os.environ.get("TEST_PG_HOST", "127.0.0.1"),
-        "port": int(os.environ.get("TEST_PG_PORT", "5432")),
-        "user": os.environ.get("TEST_PG_USER", "postgres"),
-    }
-    name = f"toptracks_dagster_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **params)
-    except psycopg2.OperationalError as error:
-        unavailable(f"PostgreSQL not reachable: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    yield {**params, "dbname": name}
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def test_production_instance_config_runs_on_postgres(

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG
 from toptracks_dagster.dynamodb.ledger import (
     ALL_ARTISTS,
     clear_journal,
@@ -98,8 +99,6 @@ def load_market(
             max(0, ledger.count(a) - digests[a][1]) for a in changed if a in digests
         )
         if before and deleting > max_delete_share * before and not delete_allowed:
-            from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG
-
             raise MassDeletionRefused(
                 f"the load of {market} would delete {deleting} of {before} items ({100 * deleting / before:.0f} %, "
                 f"above TOPTRACKS_MAX_DELETE_SHARE={100 * max_delete_share:.0f} %): {len(removed)} artist(s) left "
@@ -137,7 +136,7 @@ def load_market(
         known_digests=digests,
     )
     result.stats = loader.load(raw.outcomes())
-    kept = {a: v for a, v in digests.items()}
+    kept = dict(digests)
     for artist_id in loader.ledger:  # error outcomes keep the digest of their previous list
         if artist_id not in kept and ledger is not None and artist_id in ledger.artists:
             kept[artist_id] = tuple(ledger.artists[artist_id])

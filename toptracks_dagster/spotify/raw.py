@@ -27,6 +27,7 @@ from toptracks_dagster.raw_storage.resources import (
     RawStorage,
 )
 from toptracks_dagster.spotify.client import TopTracksOutcome
+from toptracks_dagster.spotify.track_fields import track_problems
 
 FORMAT = 2
 MAX_TRACKS = 10  # Spotify's documented maximum for top-tracks
@@ -294,8 +295,6 @@ class MarketProfile:
             self.top_preview = sorted(self.top_preview, key=lambda t: -t["popularity"])[:10]
 
     def _inspect_fetched(self, outcome: TopTracksOutcome) -> None:
-        from toptracks_dagster.spotify.track_fields import track_problems
-
         self.fetched += 1
         if outcome.status == 404:
             self.fetched_not_found += 1
