@@ -498,7 +498,7 @@ def main() -> int:
         with pymysql.connect(autocommit=True, **MYSQL) as connection, connection.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE `{name}`")
             cursor.execute(f"CREATE TABLE `{name}`.artists (id VARCHAR(64))")
-            cursor.executemany(f"INSERT INTO `{name}`.artists (id) VALUES (%s)", artist_ids)
+            cursor.executemany(f"INSERT INTO `{name}`.artists (id) VALUES (%s)", [(a,) for a in artist_ids])
         databases.append(name)
         return name
 
@@ -508,7 +508,7 @@ def main() -> int:
                 pymysql.connect(database=database, autocommit=True, **MYSQL) as connection,
                 connection.cursor() as cursor,
             ):
-                cursor.executemany(sql, artist_ids)
+                cursor.executemany(sql, [(a,) for a in artist_ids])
 
         return apply
 

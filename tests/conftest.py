@@ -143,15 +143,15 @@ class ArtistsTable:
     def set_ids(self, ids: list[str]) -> None:
         with self.connect() as connection, connection.cursor() as cursor:
             cursor.execute("DELETE FROM artists")
-            cursor.executemany("INSERT INTO artists (id) VALUES (%s)", ids)
+            cursor.executemany("INSERT INTO artists (id) VALUES (%s)", [(i,) for i in ids])
 
     def add(self, *ids: str) -> None:
         with self.connect() as connection, connection.cursor() as cursor:
-            cursor.executemany("INSERT INTO artists (id) VALUES (%s)", ids)
+            cursor.executemany("INSERT INTO artists (id) VALUES (%s)", [(i,) for i in ids])
 
     def remove(self, *ids: str) -> None:
         with self.connect() as connection, connection.cursor() as cursor:
-            cursor.executemany("DELETE FROM artists WHERE id = %s", ids)
+            cursor.executemany("DELETE FROM artists WHERE id = %s", [(i,) for i in ids])
 
 
 @pytest.fixture

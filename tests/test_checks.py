@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetCheckSeverity, instance_for_test, materialize
+from dagster import AssetCheckSeverity, AssetKey, instance_for_test, materialize
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
@@ -18,7 +18,6 @@ from tests.helpers import (
 )
 from toptracks_dagster.artists_db.checks import ARTIST_IDS_CHECK_SPECS
 from toptracks_dagster.deployments import build_resources
-from toptracks_dagster.dynamodb.audit import top_tracks_audit
 from toptracks_dagster.dynamodb.checks import TABLE_CHECK_SPECS
 from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_raw_checks
 from toptracks_dagster.spotify.client import TopTracksOutcome
@@ -156,34 +155,53 @@ def test_edited_items_fail_the_table_checks_and_the_audit(prod_env, artists_tabl
         assert found[("top_tracks_match_raw", "US")].metadata["extra_items"].value == 1
         assert found[("top_tracks_match_raw", "US")].metadata["changed_items"].value == 1
         assert not found[("top_tracks_round_trip", "US")].passed
-        audit = materialize(
-            [*ALL_ASSETS, top_tracks_audit],
-            partition_key="US",
-            resources=build_resources("prod"),
-            instance=instance,
-            raise_on_error=False,
+        audit = _audit_job().execute_in_process(
+            instance=instance, run_config=_audit_config(["US"]), raise_on_error=False
         )
-        evaluations = check_results(audit)
-        assert not evaluations[("top_tracks_audit", "US")].passed
-        assert evaluations[("top_tracks_audit", "US")].metadata["stale_track_items"].value == 1
+        assert not audit.success
+        assert "US" in _failure(audit) and "1 stale tracks" in _failure(audit)
+        findings = _audit_observations(instance, audit)
+        assert not findings["US"]["audit_passed"].value
+        assert findings["US"]["stale_track_items"].value == 1
 
 
-def test_the_audit_job_reconciles_every_market(prod_env, artists_table, some_artist_ids):
+def _audit_job():
     from dagster import Definitions
 
     from toptracks_dagster.jobs import top_tracks_audit_job
 
-    artists_table.set_ids(some_artist_ids[:6])
-    defs = Definitions(
-        assets=ALL_ASSETS,
-        asset_checks=[top_tracks_audit],
-        jobs=[top_tracks_audit_job],
-        resources=build_resources("prod"),
+    return Definitions(jobs=[top_tracks_audit_job], resources=build_resources("prod")).resolve_job_def(
+        "top_tracks_audit_job"
     )
+
+
+def _audit_config(markets: list[str]) -> dict:
+    return {"ops": {"audit_top_tracks": {"config": {"markets": markets}}}}
+
+
+def _audit_observations(instance, result) -> dict[str, dict]:
+    """The run's observations of `top_tracks`, by market, as the instance recorded them (a failed step's too)."""
+    records = instance.fetch_observations(AssetKey("top_tracks"), limit=100).records
+    return {r.partition_key: r.asset_observation.metadata for r in records if r.run_id == result.run_id}
+
+
+def _failure(result) -> str:
+    return "\n".join(
+        str(event.event_specific_data.error) for event in result.all_events if event.event_type_value == "STEP_FAILURE"
+    )
+
+
+def test_the_audit_job_reconciles_every_market(prod_env, artists_table, some_artist_ids):
+    artists_table.set_ids(some_artist_ids[:6])
     with instance_for_test() as instance:
         run_all_markets(instance)
-        result = defs.resolve_job_def("top_tracks_audit_job").execute_in_process(instance=instance)
-    found = check_results(result)
-    assert set(found) == {("top_tracks_audit", "US"), ("top_tracks_audit", "CA")}
-    assert all(e.passed for e in found.values())
-    assert not result.get_asset_materialization_events()
+        result = _audit_job().execute_in_process(instance=instance)
+        found = _audit_observations(instance, result)
+        assert set(found) == {"US", "CA"}
+        assert all(metadata["audit_passed"].value for metadata in found.values())
+        assert found["US"]["artists"].value == 6
+        assert not result.get_asset_materialization_events()
+        unknown = _audit_job().execute_in_process(
+            instance=instance, run_config=_audit_config(["XX"]), raise_on_error=False
+        )
+        assert not unknown.success and "not among the partitions: XX" in _failure(unknown)

@@ -127,6 +127,41 @@ def test_stalest_mode_refreshes_new_artists_first_then_the_oldest_lists(
     _exact(ddb, prod_env, emulator, ids)
 
 
+def test_due_mode_fetches_new_artists_and_aged_lists_only(prod_env, artists_table, emulator, ddb, some_artist_ids):
+    """`toptracks run`'s default: a run right after another sends no request; new artists cost one request per
+    market; lists older than max_age_hours are fetched again, the others kept as they are."""
+    ids = some_artist_ids[:10]
+    artists_table.set_ids(ids[:8])
+    raw_file = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
+
+    def stamps() -> dict[str, str]:
+        records = map(json.loads, raw_file.read_text().splitlines())
+        return {r["artist_id"]: r["requested_at"] for r in records if r["record"] == "outcome"}
+
+    with instance_for_test() as instance:
+        run_all_markets(instance, mode="due")  # nothing stored: every list is due
+        assert _requests(emulator) == 8 * 2
+        first = stamps()
+
+        before = _requests(emulator)
+        result = run_all_markets(instance, mode="due")
+        assert _requests(emulator) == before  # nothing new, nothing aged: no request, no write
+        assert all(v["write_requests"] == 0 for v in partition_metadata(result, "top_tracks").values())
+        assert stamps() == first
+
+        artists_table.add(*ids[8:])
+        before = _requests(emulator)
+        run_all_markets(instance, mode="due")
+        assert _requests(emulator) - before == 2 * 2
+        second = stamps()
+        assert {a for a in second if second[a] != first.get(a)} == set(ids[8:])
+
+        before = _requests(emulator)
+        run_all_markets(instance, mode="due", max_age_hours=0)  # every stored list has aged out
+        assert _requests(emulator) - before == 10 * 2
+    _exact(ddb, prod_env, emulator, ids)
+
+
 def test_artists_mode_refreshes_only_the_given_artists(prod_env, artists_table, emulator, ddb, some_artist_ids):
     artists_table.set_ids(some_artist_ids[:10])
     with instance_for_test() as instance:

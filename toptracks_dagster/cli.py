@@ -42,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--countries", help="comma list of partitions to run (default: all of TOPTRACKS_COUNTRIES)")
     run.add_argument(
         "--mode",
-        default="full",
-        choices=["full", "changed", "stalest", "artists"],
-        help="which artists to fetch: all (full), new to a market (changed), the --limit oldest lists "
-        "(stalest), or --artists",
+        default="due",
+        choices=["due", "full", "changed", "stalest", "artists"],
+        help="which artists to fetch: new ones and lists older than --max-age-hours (due, the default), all "
+        "(full), new to a market (changed), the --limit oldest lists (stalest), or --artists",
+    )
+    run.add_argument(
+        "--max-age-hours",
+        type=float,
+        default=20.0,
+        help="due: fetch a stored list again once it is this old (default 20: a daily run refreshes everything)",
     )
     run.add_argument("--limit", type=int, default=0, help="stalest: (artist, market) pairs per market")
     run.add_argument("--artists", help="artists: comma list of artist ids to refresh")
@@ -172,6 +178,7 @@ def _run(args) -> int:
         refresh = {
             "mode": args.mode,
             "limit": args.limit,
+            "max_age_hours": args.max_age_hours,
             "reason": args.reason or f"toptracks run --mode {args.mode}",
             "artist_ids": [a.strip() for a in (args.artists or "").split(",") if a.strip()],
         }

@@ -6,7 +6,6 @@ from toptracks_dagster.artists_db.assets import artist_ids
 from toptracks_dagster.artists_db.sensors import artists_changed_sensor
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.assets import top_tracks
-from toptracks_dagster.dynamodb.audit import top_tracks_audit
 from toptracks_dagster.jobs import top_tracks_audit_job, top_tracks_job
 from toptracks_dagster.schedules import daily_refresh, rolling_refresh, weekly_audit
 from toptracks_dagster.spotify.assets import raw_top_tracks
@@ -14,7 +13,6 @@ from toptracks_dagster.spotify.assets import raw_top_tracks
 defs = Definitions(
     # Code references: each asset's page in the UI links to the file and line that defines it.
     assets=with_source_code_references([artist_ids, raw_top_tracks, top_tracks]),
-    asset_checks=[top_tracks_audit],
     jobs=[top_tracks_job, top_tracks_audit_job],
     sensors=[artists_changed_sensor],
     schedules=[daily_refresh, rolling_refresh, weekly_audit],

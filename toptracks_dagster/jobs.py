@@ -1,25 +1,20 @@
 """Jobs: the refresh (all markets of a run in one run) and the full audit of the table."""
 
-from dagster import AssetCheckKey, AssetKey, AssetSelection, define_asset_job
+from dagster import AssetSelection, define_asset_job
 
+from toptracks_dagster.dynamodb.audit import top_tracks_audit_job
 from toptracks_dagster.partitions import country_partitions
 
-AUDIT_CHECK = AssetCheckKey(AssetKey("top_tracks"), "top_tracks_audit")
+__all__ = ["all_markets_tags", "top_tracks_audit_job", "top_tracks_job"]
 
 top_tracks_job = define_asset_job(
     "top_tracks_job",
-    # The refresh verifies what it changed (checks inside the asset steps); the full audit is a job of its own.
-    selection=AssetSelection.assets("artist_ids", "raw_top_tracks", "top_tracks") - AssetSelection.checks(AUDIT_CHECK),
+    # The refresh verifies what it changed (checks inside the asset steps); the full audit is an op job.
+    selection=AssetSelection.assets("artist_ids", "raw_top_tracks", "top_tracks"),
     description=(
         "Refresh the markets of the run end to end: read artist ids once, fetch the artists the refresh config "
         "chooses for every market together, load DynamoDB exactly. A partition range is one run."
     ),
-)
-
-top_tracks_audit_job = define_asset_job(
-    "top_tracks_audit_job",
-    selection=AssetSelection.checks(AUDIT_CHECK),
-    description="Reconcile every item of every market against the raw partitions (the `top_tracks_audit` check).",
 )
 
 

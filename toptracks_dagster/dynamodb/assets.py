@@ -162,7 +162,7 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
             raw,
             touched,
             settings.check_sample_size(),
-            seed=context.run_id,
+            seed=context.run.run_id,
             base=base,
             had_no_items=results[market].had_no_items,
         )

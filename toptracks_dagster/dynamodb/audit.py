@@ -1,4 +1,4 @@
-"""`top_tracks_audit`: the full reconciliation of a market against its raw partition (its own job and schedule).
+"""`top_tracks_audit_job`: the full reconciliation of each market against its raw partition (on demand, or weekly).
 
 Cost per market: one consistent Query per artist plus one sweep of the market's GSI, every item found that way
 confirmed on the base table.
@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster import (
-    AssetCheckEvaluation,
-    AssetCheckExecutionContext,
-    AssetCheckResult,
     AssetCheckSeverity,
+    AssetObservation,
+    Config,
+    Failure,
     MetadataValue,
-    Output,
-    asset_check,
+    OpExecutionContext,
+    job,
+    op,
 )
+from pydantic import Field
 
 from toptracks_dagster.check_results import CheckOutcome
 from toptracks_dagster.dynamodb.checks import AUDIT
@@ -127,7 +129,7 @@ def _table_metadata(dynamodb: DynamoDBResource, raw_storage: RawStorage, market:
 
 
 # ------------------------------------------------------------------------------------------ the audit
-def _audit(dynamodb: DynamoDBResource, raw_storage: RawStorage, market: str) -> AssetCheckResult | AssetCheckEvaluation:
+def _audit(dynamodb: DynamoDBResource, raw_storage: RawStorage, market: str) -> CheckOutcome:
     metadata = _table_metadata(dynamodb, raw_storage, market)
     diff, error = _diff_or_error(dynamodb, raw_storage, market)
     if diff is None:
@@ -164,33 +166,48 @@ def _audit(dynamodb: DynamoDBResource, raw_storage: RawStorage, market: str) -> 
     )
 
 
-@asset_check(
-    asset="top_tracks",
-    name=AUDIT,
-    partitions_def=country_partitions,
+class AuditConfig(Config):
+    """Run config of `top_tracks_audit_job` (the launchpad shows it)."""
+
+    markets: list[str] = Field(default_factory=list, description="markets to audit; empty: every partition")
+
+
+@op(
+    name="audit_top_tracks",
     description=(
-        "ERROR: full reconciliation of a market: every item of the market in DynamoDB, with its rank and "
-        "popularity, equals the raw partition; no item of a track that left a list or of an artist no longer "
-        "listed. Not part of the refresh runs (they verify what they changed): run it from the Checks tab, with "
-        "`top_tracks_audit_job`, or the `weekly_audit` schedule. Cost per market: one consistent Query per "
-        "artist plus one sweep of the market's GSI."
+        "Full reconciliation of each market: every item of the market in DynamoDB, with its rank and popularity, "
+        "equals the raw partition; no item of a track that left a list or of an artist no longer listed. Reports "
+        "one `top_tracks` observation per market (`audit_passed` and the differences) and fails the run when a "
+        "market differs or cannot be read. Cost per market: one consistent Query per artist plus one sweep of "
+        "the market's GSI."
     ),
 )
-def top_tracks_audit(context: AssetCheckExecutionContext, dynamodb: DynamoDBResource, raw_storage: RawStorage):
-    markets = (
-        context.partition_keys
-        if context.has_partition_key_range or context.has_partition_key
-        else country_partitions.get_partition_keys()
-    )
-    for market in markets:
+def audit_top_tracks(
+    context: OpExecutionContext, config: AuditConfig, dynamodb: DynamoDBResource, raw_storage: RawStorage
+):
+    unknown = sorted(set(config.markets) - set(country_partitions.get_partition_keys()))
+    if unknown:
+        raise Failure(description=f"not among the partitions: {', '.join(unknown)}", allow_retries=False)
+    failed = []
+    for market in config.markets or country_partitions.get_partition_keys():
         outcome = _audit(dynamodb, raw_storage, market)
-        yield AssetCheckEvaluation(
-            asset_key=context.check_specs[0].asset_key,
-            check_name=AUDIT,
-            passed=outcome.passed,
-            severity=outcome.severity,
-            description=outcome.description,
-            metadata=outcome.metadata,
-            partition=market,
-        )
-    yield Output(None, output_name=context.op_def.output_defs[0].name)
+        metadata = {"audit_passed": outcome.passed, **outcome.metadata}
+        if outcome.description:
+            metadata["audit_finding"] = outcome.description
+        context.log_event(AssetObservation(asset_key="top_tracks", partition=market, metadata=metadata))
+        if not outcome.passed:
+            failed.append(outcome.description)
+    if failed:
+        raise Failure(description="top_tracks audit: " + " | ".join(failed), allow_retries=False)
+
+
+@job(
+    name="top_tracks_audit_job",
+    description=(
+        "Reconcile every item of every market against the raw partitions. An op job, not an asset check, so that "
+        "materializing `top_tracks` (a UI backfill included) never pays for it: run it on demand or with the "
+        "`weekly_audit` schedule."
+    ),
+)
+def top_tracks_audit_job():
+    audit_top_tracks()

@@ -4,9 +4,9 @@ Two costs, two places:
 - In every load's step (`TABLE_CHECK_SPECS`): every artist the load wrote, re-read or deleted, plus a rotating
   sample of TOPTRACKS_CHECK_SAMPLE_SIZE other artists, each read back with one consistent Query and compared
   item by item (keys, rank, popularity and the whole track JSON). Cost: changed + sample Queries per market.
-- `top_tracks_audit`, its own check (job `top_tracks_audit_job`, weekly schedule `weekly_audit`, or the Checks
-  tab): the whole market, one consistent Query per artist plus one sweep of the market's GSI, every item found
-  that way confirmed on the base table. Cost: artists + (items / ~4,000 per GSI page) reads per market.
+- `top_tracks_audit_job` (dynamodb/audit.py; on demand or the `weekly_audit` schedule): the whole market, one
+  consistent Query per artist plus one sweep of the market's GSI, every item found that way confirmed on the
+  base table. Cost: artists + (items / ~4,000 per GSI page) reads per market.
 """
 
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.

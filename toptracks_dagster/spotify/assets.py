@@ -60,7 +60,8 @@ from toptracks_dagster.spotify.resources import SpotifyResource
         "artist: what was asked, when, and what came back (tracks, or 404 for unknown artists). All markets of "
         "a run are fetched together under one rate limit. A run refreshes the artists its config chooses "
         "(mode full = every artist, 1 request per artist per market; changed = only artists new to the market; "
-        "stalest = the `limit` oldest lists, new artists first; artists = a given list) and merges them into "
+        "due = new artists and lists fetched `max_age_hours` (20) or more ago; stalest = the `limit` oldest "
+        "lists, new artists first; artists = a given list) and merges them into "
         "the partition: the other artists' outcomes are kept, artists gone from `artist_ids` dropped (no "
         "request). The merged partition is written aside and published only if its blocking checks pass. "
         "With TOPTRACKS_REQUESTS_PER_DAY every run is capped at what is left of the UTC day's budget (counted in "
@@ -113,7 +114,7 @@ def raw_top_tracks(
                     "mode": config.mode,
                     "reason": config.reason,
                     "planned": len(plan.fetch),
-                    "run_id": context.run_id,
+                    "run_id": context.run.run_id,
                 },
             }
             merges[plan.market] = PartitionMerge(
@@ -194,7 +195,7 @@ class _Budget:
     ):
         self.context, self.storage, self.cap, self.ledger = context, storage, cap, ledger
         self.plan, self.spent_before, self.bound_days = plan, spent_before, bound_days
-        self.entry = f"{context.run_id}/{context.retry_number}"
+        self.entry = f"{context.run.run_id}/{context.retry_number}"
         self.used = 0
 
     @classmethod
@@ -218,7 +219,7 @@ class _Budget:
         spent = ledger.spent_on(now.date())
         left = max(0, per_day - spent)
         cap = left if cap is None else min(cap, left)
-        ledger.reserve(f"{context.run_id}/{context.retry_number}", cap, now)
+        ledger.reserve(f"{context.run.run_id}/{context.retry_number}", cap, now)
         ledger.save(storage, now)
         context.log.info(
             f"request budget: {spent} of {per_day} spent today (UTC {now.date()}); this run may send {cap}"

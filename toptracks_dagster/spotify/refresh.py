@@ -3,6 +3,7 @@
 Cost per market of one run (Spotify requests; artists removed from the list never cost a request):
   full      every listed artist                                   = artists
   changed   artists the market's partition does not have yet      = new artists
+  due       new artists, and lists fetched max_age_hours or more ago = new + lists that aged out
   stalest   new artists first, then the oldest stored lists       = limit
             (or, with `pairs`, the `pairs` stalest (artist, market) pairs over all the run's markets together)
   artists   the given ids (each must be in the artist list)       = len(artist_ids)
@@ -15,21 +16,27 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal
 
 from dagster import Config
 from pydantic import Field
 
-from toptracks_dagster.common import is_valid_spotify_id
+from toptracks_dagster.common import is_valid_spotify_id, parse_iso, utc_now_iso
 
-RefreshMode = Literal["full", "changed", "stalest", "artists"]
+RefreshMode = Literal["full", "changed", "due", "stalest", "artists"]
 
 
 class RefreshConfig(Config):
     """Run config of `raw_top_tracks` (the launchpad shows it; the defaults are a full refresh)."""
 
     mode: RefreshMode = Field(
-        default="full", description="full | changed | stalest | artists (see the asset description)"
+        default="full", description="full | changed | due | stalest | artists (see the asset description)"
+    )
+    max_age_hours: float = Field(
+        default=20.0,
+        ge=0,
+        description="due: a stored list fetched this many hours ago or more is fetched again (0: every list)",
     )
     limit: int = Field(default=0, ge=0, description="stalest: (artist, market) pairs to refresh per market")
     pairs: int = Field(
@@ -77,6 +84,9 @@ def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: d
         fetch = listed
     elif config.mode == "changed":
         fetch = new
+    elif config.mode == "due":
+        cutoff = parse_iso(utc_now_iso()) - timedelta(hours=config.max_age_hours)
+        fetch = [a for a in listed if a not in stored or _fetched_before(stored[a], cutoff)]
     elif config.mode == "stalest":
         if config.limit <= 0:
             raise RefreshPlanError("mode 'stalest' needs a limit (per market) or pairs (over all markets) above 0")
@@ -99,6 +109,14 @@ def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: d
     else:  # pydantic refuses other values; kept for type checkers
         raise RefreshPlanError(f"unknown mode {config.mode!r}")
     return MarketPlan(market=market, fetch=fetch, new=len(new), removed=removed)
+
+
+def _fetched_before(requested_at: str, cutoff: datetime) -> bool:
+    """Whether a stored list was fetched at or before `cutoff`; a list without a readable time is due."""
+    try:
+        return parse_iso(requested_at) <= cutoff
+    except (TypeError, ValueError):
+        return True
 
 
 def plan_stalest_pairs(
