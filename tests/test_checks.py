@@ -60,7 +60,7 @@ def test_no_valid_id_blocks_fetch_and_load_and_keeps_the_published_list(prod_env
         result = run_partition("US", instance, raise_on_error=False)
         assert not result.success
         assert materialized(result) == {"artist_ids"}
-        failed = check_results(result)[("artist_ids_not_empty", None)]
+        failed = check_results(result)[("artist_ids_not_empty", "US")]
         assert not failed.passed and failed.blocking and failed.severity == AssetCheckSeverity.ERROR
         # The published list is still the good one: the table stays whole even when top_tracks runs alone.
         alone = materialize([ALL_ASSETS[2]], partition_key="US", resources=build_resources("prod"), instance=instance)

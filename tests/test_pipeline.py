@@ -86,7 +86,7 @@ def test_each_asset_materializes_on_its_own(prod_env, artists_table, emulator, d
     artists_table.set_ids(some_artist_ids[:8])
     resources = build_resources("prod")
     with instance_for_test() as instance:
-        assert materialize([artist_ids], resources=resources, instance=instance).success
+        assert materialize([artist_ids], partition_key="CA", resources=resources, instance=instance).success
         raw = materialize([raw_top_tracks], partition_key="CA", resources=resources, instance=instance)
         assert metadata_of(raw, "raw_top_tracks")["artists_fetched"] == 8
         table = materialize([top_tracks], partition_key="CA", resources=resources, instance=instance)

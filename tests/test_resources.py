@@ -98,7 +98,7 @@ def test_bad_spotify_credentials_fail_the_partition_without_leaking(
         resources = build_resources("prod")
         from toptracks_dagster.artists_db.assets import artist_ids
 
-        assert materialize([artist_ids], resources=resources, instance=instance).success
+        assert materialize([artist_ids], partition_key="US", resources=resources, instance=instance).success
         result = materialize(
             [raw_top_tracks], partition_key="US", resources=resources, instance=instance, raise_on_error=False
         )

@@ -3,6 +3,7 @@
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    BackfillPolicy,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -22,6 +23,7 @@ from toptracks_dagster.artists_db.snapshot import (
 )
 from toptracks_dagster.check_results import emit_check_results, failed_blocking
 from toptracks_dagster.common import utc_now_iso
+from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
 
 
@@ -31,11 +33,16 @@ from toptracks_dagster.raw_storage.resources import RawStorage
     kinds={"mysql"},
     owners=["team:data-eng"],
     check_specs=ARTIST_IDS_CHECK_SPECS,
+    # Partitioned like the assets it feeds, each partition being the list that market's refresh used: so that
+    # "Materialize all", a backfill or a partition range is one run, and the list is read once for all of it.
+    partitions_def=country_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
     description=(
         "Artist ids from `SELECT id FROM artists` (MySQL/RDS; SQLite in the local deployment): trimmed, "
         "de-duplicated and validated (base62, 22 characters). Invalid ids never reach a Spotify URL; they are "
         "listed in the metadata. The list is published to raw storage for the partitioned assets only when its "
-        "blocking checks pass. Cost: one SELECT per refresh, whatever the number of markets."
+        "blocking checks pass. Every partition (market) of a run shares the one list. Cost: one SELECT per "
+        "run, whatever the number of markets."
     ),
 )
 def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_storage: RawStorage):
@@ -83,7 +90,7 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
             **source,
         }
     )
-    yield from emit_check_results(context, {None: checks})
+    yield from emit_check_results(context, {market: checks for market in context.partition_keys})
 
 
 def _published_count(record) -> int | None:

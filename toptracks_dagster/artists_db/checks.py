@@ -14,6 +14,7 @@ from toptracks_dagster.artists_db.ids import ScreenedArtistIds
 from toptracks_dagster.check_results import CheckOutcome, check_spec
 from toptracks_dagster.common import is_valid_spotify_id
 from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG
+from toptracks_dagster.partitions import country_partitions
 
 SAMPLE_SIZE = 10  # offending values shown in a result's metadata; the counts always cover all of them
 INVALID_SAMPLE_SIZE = 50  # invalid rows are fixed by hand in the source table: show more of them
@@ -23,9 +24,14 @@ UNIQUE = "artist_ids_unique"
 VALID = "artist_ids_valid"
 COUNT_STABLE = "artist_ids_count_stable"
 
+
+
+def _spec(name: str, description: str, blocking: bool = False):
+    return check_spec("artist_ids", name, description, country_partitions, blocking=blocking)
+
+
 ARTIST_IDS_CHECK_SPECS = [
-    check_spec(
-        "artist_ids",
+    _spec(
         NOT_EMPTY,
         (
             "ERROR, blocking: at least one valid artist id. An empty list would make the load delete every item, so "
@@ -33,9 +39,8 @@ ARTIST_IDS_CHECK_SPECS = [
         ),
         blocking=True,
     ),
-    check_spec("artist_ids", UNIQUE, "ERROR: no artist id appears twice in the list after trimming."),
-    check_spec(
-        "artist_ids",
+    _spec(UNIQUE, "ERROR: no artist id appears twice in the list after trimming."),
+    _spec(
         VALID,
         (
             "WARN: every row of the artists table holds a valid Spotify id (base62, 22 characters, after trimming); "
@@ -43,8 +48,7 @@ ARTIST_IDS_CHECK_SPECS = [
             "reached the list, since it would be put into a Spotify URL."
         ),
     ),
-    check_spec(
-        "artist_ids",
+    _spec(
         COUNT_STABLE,
         (
             "ERROR, blocking: the number of valid artist ids did not drop by more than TOPTRACKS_MAX_DELETE_SHARE "
