@@ -26,9 +26,13 @@ def test_benchmark_smoke_runs_every_workload_and_reports_ratios(tmp_path, mysql_
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads(out.read_text())
     baseline, floor, w1, w2 = (results["baseline"], results["write_floor"], results["W1"], results["W2"])
+    w2_full = results["W2_full"]
     markets = 2
     # Same work on both sides: every (artist, market) asked once, every track written once.
-    assert baseline["requests"] == w1["requests"] == w2["requests"] == 12 * markets
+    assert baseline["requests"] == w1["requests"] == w2_full["requests"] == 12 * markets
+    # The default mode (`due`) fetches nothing right after a full load; `--mode full` fetches every pair again.
+    assert w2["requests"] == 0
+    assert w2_full["write_requests"] == 0 and w2_full["read_requests_load"] == 0
     assert baseline["write_requests"] == w1["items_written"] == w1["items"] == floor["items"]
     # The unchanged refresh writes nothing and reads nothing in the load; its checks read at most the sample.
     assert w2["write_requests"] == 0 and w2["items_written"] == 0 and w2["read_requests_load"] == 0
@@ -40,4 +44,4 @@ def test_benchmark_smoke_runs_every_workload_and_reports_ratios(tmp_path, mysql_
     assert added["requests"] == 2 * markets and added["items_written"] > 0 and added["items_deleted"] == 0
     assert removed["requests"] == 0 and removed["items_deleted"] == added["items_written"]
     assert removed["items"] == w1["items"]
-    assert "W1 baseline / toptracks run" in completed.stdout
+    assert "W1      baseline / toptracks run" in completed.stdout

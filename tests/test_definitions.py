@@ -57,3 +57,15 @@ def test_the_one_private_dagster_import_still_exists():
     source = (REPO / "toptracks_dagster").rglob("*.py")
     users = [p.name for p in source if "dagster._" in p.read_text()]
     assert users == ["check_results.py"], users
+
+
+def test_malloc_arenas_are_capped_on_glibc():
+    import platform
+
+    import pytest
+
+    from toptracks_dagster.common import limit_malloc_arenas
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the arena cap is a glibc setting")
+    assert limit_malloc_arenas() is True

@@ -4,11 +4,15 @@ from dagster import Definitions, in_process_executor, with_source_code_reference
 
 from toptracks_dagster.artists_db.assets import artist_ids
 from toptracks_dagster.artists_db.sensors import artists_changed_sensor
+from toptracks_dagster.common import limit_malloc_arenas
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.assets import top_tracks
 from toptracks_dagster.jobs import top_tracks_audit_job, top_tracks_job
 from toptracks_dagster.schedules import daily_refresh, rolling_refresh, weekly_audit
 from toptracks_dagster.spotify.assets import raw_top_tracks
+
+# Every process that loads the code location (run workers included) keeps its memory flat in the catalogue size.
+limit_malloc_arenas()
 
 defs = Definitions(
     # Code references: each asset's page in the UI links to the file and line that defines it.
