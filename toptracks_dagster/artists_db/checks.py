@@ -25,7 +25,6 @@ VALID = "artist_ids_valid"
 COUNT_STABLE = "artist_ids_count_stable"
 
 
-
 def _spec(name: str, description: str, blocking: bool = False):
     return check_spec("artist_ids", name, description, country_partitions, blocking=blocking)
 
