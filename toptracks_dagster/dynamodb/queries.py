@@ -16,11 +16,12 @@ a QueryError subclass whose message names the table, the endpoint and what to do
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from botocore.exceptions import ClientError
 
 from toptracks_dagster.dynamodb.items import deserialize_item, plain
+from toptracks_dagster.dynamodb.reads import artist_item_pages, projection
 from toptracks_dagster.dynamodb.table import (
     GSI_NAME,
     PARTITION_KEY,
@@ -62,15 +63,7 @@ def get_track(client, table: str, artist_id: str, market: str, track_id: str) ->
 
 def artist_top_list(client, table: str, artist_id: str, market: str) -> list[dict]:
     """The artist's top tracks in `market`, in rank order (Query on the key, strongly consistent)."""
-    pages = _pages(
-        client,
-        table,
-        TableName=table,
-        KeyConditionExpression="#pk = :artist AND begins_with(#sk, :prefix)",
-        ExpressionAttributeNames={"#pk": PARTITION_KEY, "#sk": SORT_KEY},
-        ExpressionAttributeValues={":artist": {"S": artist_id}, ":prefix": {"S": f"{market}#"}},
-        ConsistentRead=True,
-    )
+    pages = _explained(client, table, artist_item_pages(client, table, market, artist_id))
     items = [plain(deserialize_item(raw)) for page in pages for raw in page.get("Items", [])]
     # The sort key orders by track id; the list order is the `rank` attribute.
     return sorted(items, key=lambda item: (item.get("rank", 0), item.get(SORT_KEY, "")))
@@ -101,21 +94,21 @@ def popular_tracks(
         "ScanIndexForward": False,  # descending popularity
     }
     if attributes:
-        placeholders = {f"#a{i}": name for i, name in enumerate(attributes)}
-        kwargs["ExpressionAttributeNames"].update(placeholders)
-        kwargs["ProjectionExpression"] = ", ".join(placeholders)
+        kwargs["ProjectionExpression"] = projection(kwargs["ExpressionAttributeNames"], attributes)
     # With a limit and no page size, ask for just `limit` items per request: a GSI Query bills what it reads.
     pagination = {"MaxItems": limit, "PageSize": page_size or limit}
-    pages = _pages(client, table, PaginationConfig={k: v for k, v in pagination.items() if v}, **kwargs)
+    paginated = client.get_paginator("query").paginate(
+        PaginationConfig={k: v for k, v in pagination.items() if v}, **kwargs
+    )
+    pages = _explained(client, table, paginated)
     items = [plain(deserialize_item(raw)) for page in pages for raw in page.get("Items", [])]
     return items[:limit] if limit else items
 
 
-def _pages(client, table: str, **kwargs) -> Iterator[dict]:
+def _explained(client, table: str, pages: Iterable[dict]) -> Iterator[dict]:
     # boto3's paginator follows LastEvaluatedKey; errors surface while iterating, hence the wrapper.
-    paginator = client.get_paginator("query")
     try:
-        yield from paginator.paginate(**kwargs)
+        yield from pages
     except (ClientError, *TRANSIENT_EXCEPTIONS) as error:
         raise _explain(client, table, error) from None
 
