@@ -262,9 +262,7 @@ class MarketLoader:
             for key in self._existing_hashes(artist_id):
                 self._writer.delete(artist_id, key)
                 deleted += 1
-        if deleted:
-            self._log(f"deleting {deleted} item(s) of artists no longer in the artist list for {self._market}")
-        self.stats.add(items_deleted=deleted, stale_artist_items_deleted=deleted)
+        self._count_stale_deletions(deleted)
 
     def _existing_hashes(self, artist_id: str) -> dict[str, str | None]:
         """Sort key -> content hash of the artist's items in this market (consistent: exact, no GSI lag)."""
@@ -294,6 +292,9 @@ class MarketLoader:
                 if artist_id not in present:
                     self._writer.delete(artist_id, key)
                     deleted += 1
+        self._count_stale_deletions(deleted)
+
+    def _count_stale_deletions(self, deleted: int) -> None:
         if deleted:
             self._log(f"deleting {deleted} item(s) of artists no longer in the artist list for {self._market}")
         self.stats.add(items_deleted=deleted, stale_artist_items_deleted=deleted)
