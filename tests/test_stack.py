@@ -19,7 +19,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from tests.conftest import unavailable
-from toptracks_dagster.dev import stack
+from toptracks_dagster.dev import stack, stack_processes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ def create_table(state: dict, name: str) -> None:
 
 @pytest.fixture
 def dynamodb_local_present():
-    if not (shutil.which("java") and stack.find_jar()):
+    if not (shutil.which("java") and stack_processes.find_jar()):
         unavailable("DynamoDB Local needs java and `npm ci`")
 
 
@@ -103,11 +103,11 @@ def test_stack_outlives_commands_and_keeps_data_across_stop_and_start(stack_env,
 
     toptracks(stack_env, tmp_path, "stack", "start")
     first = read_state(stack_env)
-    assert first["engine"] == stack.DYNAMODB_LOCAL
+    assert first["engine"] == stack_processes.DYNAMODB_LOCAL
     state_file = Path(stack_env["TOPTRACKS_LOCAL_DIR"]) / "stack.json"
     assert state_file.stat().st_mode & 0o077 == 0, "credentials must be private to the user"
     # The command that started it has exited; the processes still run and answer.
-    assert all(stack.process_alive(p["pid"], p["marker"]) for p in first["processes"].values())
+    assert all(stack_processes.is_our_process(p["pid"], p["marker"]) for p in first["processes"].values())
     create_table(first, "kept_between_commands")
 
     # Another command finds the same stack (same pids, same per-stack credentials), starts nothing.
@@ -117,7 +117,7 @@ def test_stack_outlives_commands_and_keeps_data_across_stop_and_start(stack_env,
     assert first["spotify_client_secret"] not in status.stdout + status.stderr
 
     toptracks(stack_env, tmp_path, "stack", "stop")
-    assert not any(stack.process_alive(p["pid"], p["marker"]) for p in first["processes"].values())
+    assert not any(stack_processes.is_our_process(p["pid"], p["marker"]) for p in first["processes"].values())
     assert not state_file.exists()
     assert toptracks(stack_env, tmp_path, "stack", "status", check=False).returncode == 3
 
@@ -133,9 +133,9 @@ def test_stale_pids_are_detected_and_a_new_stack_replaces_them(stack_env, tmp_pa
     state = read_state(stack_env)
     spotify = state["processes"]["spotify"]
     os.kill(spotify["pid"], 9)
-    # Waits for the kill to land: the pid is gone or a zombie, which process_alive treats alike.
+    # Waits for the kill to land: the pid is gone or a zombie, which is_our_process treats alike.
     for _ in range(100):
-        if not stack.process_alive(spotify["pid"], spotify["marker"]):
+        if not stack_processes.is_our_process(spotify["pid"], spotify["marker"]):
             break
         import time
 
@@ -192,7 +192,7 @@ def test_moto_serves_when_dynamodb_local_cannot(stack_env, tmp_path):
     env = {**stack_env, "TOPTRACKS_STACK_ENGINE": "moto"}
     toptracks(env, tmp_path, "stack", "start")
     state = read_state(env)
-    assert state["engine"] == stack.MOTO and state["dynamodb_data"] is None
+    assert state["engine"] == stack_processes.MOTO and state["dynamodb_data"] is None
     create_table(state, "kept_between_commands")
     status = toptracks(env, tmp_path, "stack", "status")
     assert "kept_between_commands" in status.stdout and "in memory" in status.stdout
@@ -201,11 +201,11 @@ def test_moto_serves_when_dynamodb_local_cannot(stack_env, tmp_path):
 def test_engine_choice_follows_java_and_the_jar(monkeypatch, tmp_path):
     monkeypatch.delenv("TOPTRACKS_STACK_ENGINE", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no java here
-    engine, why = stack.choose_engine()
-    assert engine == stack.MOTO and "java" in why
+    engine, why = stack_processes.choose_engine()
+    assert engine == stack_processes.MOTO and "java" in why
     monkeypatch.setenv("TOPTRACKS_STACK_ENGINE", "dynamodb-local")
     with pytest.raises(stack.StackError, match="java"):
-        stack.choose_engine()
+        stack_processes.choose_engine()
     monkeypatch.setenv("TOPTRACKS_STACK_ENGINE", "mysql")
     with pytest.raises(ValueError, match="TOPTRACKS_STACK_ENGINE"):
-        stack.choose_engine()
+        stack_processes.choose_engine()

@@ -17,15 +17,14 @@ from dagster import instance_for_test
 from tests.conftest import TEST_AWS_ENV, dynamodb_client, free_port
 from tests.dynamodb.support import WireRecorder, expected_items
 from tests.helpers import run_partition
+from toptracks_dagster.cli.query import add_query_commands, run_query_command
 from toptracks_dagster.dynamodb.queries import (
     EndpointUnreachable,
     IndexMissing,
     TableMissing,
-    add_query_commands,
     artist_top_list,
     get_track,
     popular_tracks,
-    run_query_command,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,7 +126,7 @@ def test_cli_commands(filled):
         [
             sys.executable,
             "-m",
-            "toptracks_dagster.dynamodb.queries",
+            "toptracks_dagster.cli",
             "query",
             "popular",
             "CA",

@@ -12,9 +12,8 @@ from toptracks_dagster.dynamodb.items import (
     serialize_item,
     valid_track_id,
 )
+from toptracks_dagster.dynamodb.reads import artist_item_pages, keys_of, market_key_pages
 from toptracks_dagster.dynamodb.table import (
-    GSI_NAME,
-    PARTITION_KEY,
     SORT_KEY,
     TRANSIENT_EXCEPTIONS,
     DynamoDBUnavailable,
@@ -263,19 +262,17 @@ class MarketLoader:
             for key in self._existing_hashes(artist_id):
                 self._writer.delete(artist_id, key)
                 deleted += 1
-        if deleted:
-            self._log(f"deleting {deleted} item(s) of artists no longer in the artist list for {self._market}")
-        self.stats.add(items_deleted=deleted, stale_artist_items_deleted=deleted)
+        self._count_stale_deletions(deleted)
 
     def _existing_hashes(self, artist_id: str) -> dict[str, str | None]:
+        """Sort key -> content hash of the artist's items in this market (consistent: exact, no GSI lag)."""
         hashes: dict[str, str | None] = {}
-        pages = self._client.get_paginator("query").paginate(
-            TableName=self._table,
-            KeyConditionExpression="#pk = :artist AND begins_with(#sk, :prefix)",
-            ProjectionExpression="#sk, content_hash",
-            ExpressionAttributeNames={"#pk": PARTITION_KEY, "#sk": SORT_KEY},
-            ExpressionAttributeValues={":artist": {"S": artist_id}, ":prefix": {"S": f"{self._market}#"}},
-            ConsistentRead=True,
+        pages = artist_item_pages(
+            self._client,
+            self._table,
+            self._market,
+            artist_id,
+            attributes=(SORT_KEY, "content_hash"),
             ReturnConsumedCapacity="TOTAL",
         )
         for page in pages:
@@ -288,23 +285,16 @@ class MarketLoader:
         # The GSI is eventually consistent: an item written a split second ago may be missing here. The items
         # this sweep looks for were written by earlier loads, so in practice it sees them; the next load
         # catches any it missed.
-        pages = self._client.get_paginator("query").paginate(
-            TableName=self._table,
-            IndexName=GSI_NAME,
-            KeyConditionExpression="#country = :market",
-            ProjectionExpression="#pk, #sk",
-            ExpressionAttributeNames={"#country": "country", "#pk": PARTITION_KEY, "#sk": SORT_KEY},
-            ExpressionAttributeValues={":market": {"S": self._market}},
-            ReturnConsumedCapacity="TOTAL",
-        )
         deleted = 0
-        for page in pages:
+        for page in market_key_pages(self._client, self._table, self._market, ReturnConsumedCapacity="TOTAL"):
             self.stats.add(read_requests=1, consumed_read_capacity=_capacity(page))
-            for item in page.get("Items", []):
-                artist_id = item[PARTITION_KEY]["S"]
+            for artist_id, key in keys_of(page):
                 if artist_id not in present:
-                    self._writer.delete(artist_id, item[SORT_KEY]["S"])
+                    self._writer.delete(artist_id, key)
                     deleted += 1
+        self._count_stale_deletions(deleted)
+
+    def _count_stale_deletions(self, deleted: int) -> None:
         if deleted:
             self._log(f"deleting {deleted} item(s) of artists no longer in the artist list for {self._market}")
         self.stats.add(items_deleted=deleted, stale_artist_items_deleted=deleted)

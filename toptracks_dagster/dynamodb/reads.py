@@ -1,14 +1,15 @@
-"""Reading `top_tracks` back for the checks: what the table should hold for an outcome, and how to compare."""
+"""Reading `top_tracks` back: the paged per-artist Query and the sweep of a market's GSI (the only ones: the
+load, the checks, the audit and `toptracks query` all use them), batched gets, and, for the checks, what the
+table should hold for an outcome and how to compare."""
 
-
-# No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
+from __future__ import annotations
 
 import itertools
 import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from toptracks_dagster.dynamodb.items import (
     deserialize_item,
@@ -23,11 +24,10 @@ from toptracks_dagster.dynamodb.table import (
     SORT_KEY,
     sort_key,
 )
-from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
-from toptracks_dagster.spotify.raw import (
-    RawPartition,
-    RawPartitionIncomplete,
-)
+
+if TYPE_CHECKING:
+    from toptracks_dagster.raw_storage.resources import RawStorage
+    from toptracks_dagster.spotify.raw import RawPartition
 
 SAMPLE_SIZE = 10  # offending keys shown in a result's metadata; the counts always cover all of them
 
@@ -104,35 +104,60 @@ def item_fields(item: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ reading
 def open_raw(raw_storage: RawStorage, market: str) -> RawPartition:
+    # Imported here: raw storage pulls in dagster-aws, which the table reads below (and `toptracks query`) do
+    # not need.
+    from toptracks_dagster.raw_storage.resources import RawObjectMissing
+    from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete
+
     try:
         return RawPartition.open(raw_storage, market)
     except (RawObjectMissing, RawPartitionIncomplete) as error:
         raise Unavailable(str(error)) from None
 
 
-def query_artist_items(client, table: str, market: str, artist_id: str, keys_only: bool = False) -> dict[str, dict]:
-    """'<market>#<track id>' -> item (deserialized) of one artist in one market: a consistent, paged Query."""
-    found: dict[str, dict] = {}
-    kwargs = {
+def projection(names: dict[str, str], attributes: Sequence[str]) -> str:
+    """A ProjectionExpression of `attributes`, each through a placeholder of `names` (the request's
+    ExpressionAttributeNames, extended here): `name`, `rank` and others are reserved words."""
+    placeholder_of = {name: placeholder for placeholder, name in names.items()}
+    for name in attributes:
+        if name not in placeholder_of:
+            placeholder_of[name] = f"#a{len(names)}"
+            names[placeholder_of[name]] = name
+    return ", ".join(placeholder_of[name] for name in attributes)
+
+
+def artist_item_pages(
+    client, table: str, market: str, artist_id: str, attributes: Sequence[str] = (), **query_options: Any
+) -> Iterator[dict]:
+    """Pages of the consistent Query for one artist's items in one market, followed by boto3's paginator.
+
+    `attributes` projects the items to these names (each through ExpressionAttributeNames: `rank` is a reserved
+    word); `query_options` are further Query parameters (e.g. ReturnConsumedCapacity).
+    """
+    names = {"#pk": PARTITION_KEY, "#sk": SORT_KEY}
+    kwargs: dict[str, Any] = {
         "TableName": table,
         "KeyConditionExpression": "#pk = :artist AND begins_with(#sk, :prefix)",
-        "ExpressionAttributeNames": {"#pk": PARTITION_KEY, "#sk": SORT_KEY},
+        "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": {":artist": {"S": artist_id}, ":prefix": {"S": f"{market}#"}},
         "ConsistentRead": True,
+        **query_options,
     }
-    if keys_only:
-        kwargs.update(
-            ProjectionExpression="#sk, #rank, #pop",
-            ExpressionAttributeNames={**kwargs["ExpressionAttributeNames"], "#rank": "rank", "#pop": "popularity"},
-        )
-    while True:
-        page = client.query(**kwargs)
+    if attributes:
+        kwargs["ProjectionExpression"] = projection(names, attributes)
+    return client.get_paginator("query").paginate(**kwargs)
+
+
+def query_artist_items(client, table: str, market: str, artist_id: str, keys_only: bool = False) -> dict[str, dict]:
+    """'<market>#<track id>' -> item (deserialized) of one artist in one market: a consistent, paged Query.
+    `keys_only` reads the sort key, rank and popularity alone."""
+    attributes = (SORT_KEY, "rank", "popularity") if keys_only else ()
+    found: dict[str, dict] = {}
+    for page in artist_item_pages(client, table, market, artist_id, attributes):
         for raw_item in page.get("Items", []):
             item = deserialize_item(raw_item)
             found[item[SORT_KEY]] = item
-        if "LastEvaluatedKey" not in page:
-            return found
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return found
 
 
 def query_artist_ranks(client, table: str, market: str, artist_id: str) -> dict[str, tuple[int | None, int | None]]:
@@ -143,22 +168,32 @@ def query_artist_ranks(client, table: str, market: str, artist_id: str) -> dict[
     }
 
 
+def market_key_pages(client, table: str, market: str, **query_options: Any) -> Iterator[dict]:
+    """Pages of the sweep of one market through the GSI, keys only, followed by boto3's paginator.
+
+    The GSI is eventually consistent: an item written a split second ago may be missing. `query_options` are
+    further Query parameters (e.g. ReturnConsumedCapacity).
+    """
+    return client.get_paginator("query").paginate(
+        TableName=table,
+        IndexName=GSI_NAME,
+        KeyConditionExpression="#country = :market",
+        ProjectionExpression="#pk, #sk",
+        ExpressionAttributeNames={"#country": "country", "#pk": PARTITION_KEY, "#sk": SORT_KEY},
+        ExpressionAttributeValues={":market": {"S": market}},
+        **query_options,
+    )
+
+
+def keys_of(page: dict) -> Iterator[tuple[str, str]]:
+    """(artist id, sort key) of every item of a Query page (items as DynamoDB sends them)."""
+    for item in page.get("Items", []):
+        yield item[PARTITION_KEY]["S"], item[SORT_KEY]["S"]
+
+
 def market_keys_from_gsi(client, table: str, market: str) -> Iterator[tuple[str, str]]:
-    kwargs = {
-        "TableName": table,
-        "IndexName": GSI_NAME,
-        "KeyConditionExpression": "#country = :market",
-        "ProjectionExpression": "#pk, #sk",
-        "ExpressionAttributeNames": {"#country": "country", "#pk": PARTITION_KEY, "#sk": SORT_KEY},
-        "ExpressionAttributeValues": {":market": {"S": market}},
-    }
-    while True:
-        page = client.query(**kwargs)
-        for item in page.get("Items", []):
-            yield item[PARTITION_KEY]["S"], item[SORT_KEY]["S"]
-        if "LastEvaluatedKey" not in page:
-            return
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    for page in market_key_pages(client, table, market):
+        yield from keys_of(page)
 
 
 def get_items(client, table: str, keys: list[tuple[str, str]], keys_only: bool = False) -> dict[tuple[str, str], dict]:

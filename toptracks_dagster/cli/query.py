@@ -1,0 +1,223 @@
+"""`toptracks query`: read the top_tracks table, each a keyed read, never a Scan.
+
+  query track ARTIST MARKET TRACK_ID      one track
+  query top ARTIST MARKET                  the artist's top list in rank order
+  query popular MARKET --min N [--limit K] tracks above popularity N, most popular first
+
+Each prints a table, or JSON with --json. The table and endpoint come from the config contract
+(TOPTRACKS_TABLE, DYNAMODB_ENDPOINT_URL, AWS_REGION); --table overrides the table name. The reads themselves
+are dynamodb/queries.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import unicodedata
+from typing import Any
+
+from toptracks_dagster import config
+from toptracks_dagster.dynamodb.queries import (
+    EndpointUnreachable,
+    QueryError,
+    artist_top_list,
+    get_track,
+    popular_tracks,
+)
+from toptracks_dagster.dynamodb.table import PARTITION_KEY
+
+
+def add_query_commands(subparsers) -> argparse.ArgumentParser:
+    """Add `query {track,top,popular}` to an argparse subparsers object; returns the `query` parser."""
+    query = subparsers.add_parser(
+        "query",
+        help="read the top_tracks table: one track, an artist's top list, or popular tracks in a market",
+        description=__doc__.split("\n\n")[0],
+    )
+    kinds = query.add_subparsers(dest="query_command", required=True, metavar="{track,top,popular}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument("--table", help="table name (default: TOPTRACKS_TABLE, else top_tracks)")
+
+    track = kinds.add_parser("track", parents=[common], help="one track by (artist, market, track id)")
+    track.add_argument("artist_id")
+    track.add_argument("market", type=_market)
+    track.add_argument("track_id")
+
+    top = kinds.add_parser("top", parents=[common], help="an artist's top list in a market, in rank order")
+    top.add_argument("artist_id")
+    top.add_argument("market", type=_market)
+
+    popular = kinds.add_parser("popular", parents=[common], help="tracks in a market above a popularity")
+    popular.add_argument("market", type=_market)
+    popular.add_argument(
+        "--min", dest="min_popularity", type=int, required=True, help="popularity strictly above this (0-100)"
+    )
+    popular.add_argument("--limit", type=_positive, help="at most this many tracks")
+    popular.add_argument("--page-size", type=_positive, help="items per Query request (default: DynamoDB's 1 MB pages)")
+    return query
+
+
+def run_query_command(args: argparse.Namespace, client=None, out=None, err=None) -> int:
+    """Run a parsed `query` command. Returns the exit code: 0 found, 1 nothing found / query failed, 2 config."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        table = args.table or config.table_name()
+        client = client or dynamodb_resource().get_client()
+        if args.query_command == "track":
+            item = get_track(client, table, args.artist_id, args.market, args.track_id)
+            if item is None:
+                print(
+                    f"no track {args.track_id} for artist {args.artist_id} in {args.market} (table {table})", file=err
+                )
+                return 1
+            _print(out, item, args.json, _track_text)
+        elif args.query_command == "top":
+            items = artist_top_list(client, table, args.artist_id, args.market)
+            if not items:
+                print(f"no top tracks for artist {args.artist_id} in {args.market} (table {table})", file=err)
+            _print(out, items, args.json, lambda rows: _table(rows, TOP_COLUMNS))
+        else:
+            items = popular_tracks(
+                client,
+                table,
+                args.market,
+                args.min_popularity,
+                limit=args.limit,
+                page_size=args.page_size,
+                attributes=None if args.json else POPULAR_ATTRIBUTES,
+            )
+            if not items:
+                print(
+                    f"no tracks in {args.market} with popularity above {args.min_popularity} (table {table})", file=err
+                )
+            _print(out, items, args.json, lambda rows: _table(rows, POPULAR_COLUMNS))
+        return 0
+    except config.ConfigError as error:
+        print(f"configuration error: {error}", file=err)
+        return 2
+    except QueryError as error:
+        print(f"query failed: {error}", file=err)
+        if isinstance(error, EndpointUnreachable) and config.deployment() == config.LOCAL:
+            print(
+                "DAGSTER_DEPLOYMENT=local: the embedded stack's DynamoDB only runs while the stack does; "
+                "set DYNAMODB_ENDPOINT_URL to query another endpoint",
+                file=err,
+            )
+        return 1
+
+
+def dynamodb_resource():
+    """The DynamoDB resource from the config contract alone (a query needs no MySQL or Spotify settings)."""
+    from toptracks_dagster.dynamodb.resources import (
+        DynamoDBResource,  # dagster-aws: a heavy import, only when needed
+    )
+
+    local_default = f"http://127.0.0.1:{config.LOCAL_DYNAMODB_PORT}" if config.deployment() == config.LOCAL else None
+    return DynamoDBResource(
+        endpoint_url=config.env("DYNAMODB_ENDPOINT_URL", local_default),
+        region_name=config.region(),
+        table_name=config.table_name(),
+        max_attempts=3,
+    )
+
+
+# What the tables show. Columns: (header, function of the item).
+TOP_COLUMNS = [
+    ("rank", lambda i: i.get("rank")),
+    ("popularity", lambda i: i.get("popularity")),
+    ("track id", lambda i: i.get("id")),
+    ("name", lambda i: i.get("name")),
+    ("album", lambda i: (i.get("album") or {}).get("name")),
+]
+POPULAR_COLUMNS = [
+    ("popularity", lambda i: i.get("popularity")),
+    ("artist id", lambda i: i.get(PARTITION_KEY)),
+    ("rank", lambda i: i.get("rank")),
+    ("track id", lambda i: i.get("id")),
+    ("name", lambda i: i.get("name")),
+    ("artists", lambda i: ", ".join(a.get("name", "") for a in i.get("artists") or [] if isinstance(a, dict))),
+]
+POPULAR_ATTRIBUTES = [PARTITION_KEY, "id", "name", "rank", "popularity", "artists"]  # name, rank: reserved words
+TRACK_FIELDS = [
+    "artist_id",
+    "country",
+    "id",
+    "rank",
+    "name",
+    "popularity",
+    "artists",
+    "album",
+    "duration_ms",
+    "explicit",
+    "is_playable",
+    "preview_url",
+    "external_urls",
+    "fetched_at",
+]
+
+
+def _print(out, value, as_json: bool, as_text) -> None:
+    if as_json:
+        print(json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True), file=out)
+    elif value:
+        print(as_text(value), file=out)
+
+
+def _track_text(item: dict) -> str:
+    rows = []
+    for name in TRACK_FIELDS:
+        if name not in item:
+            continue
+        value = item[name]
+        if name == "artists":
+            value = ", ".join(a.get("name", "") for a in value if isinstance(a, dict))
+        elif name == "album" and isinstance(value, dict):
+            value = f"{value.get('name', '')} ({value.get('release_date', '')})"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False)
+        rows.append((name, "" if value is None else str(value)))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def _table(items: list[dict], columns: list) -> str:
+    cells = [[_cell(get(item)) for _, get in columns] for item in items]
+    headers = [header for header, _ in columns]
+    widths = [max([_width(h)] + [_width(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any, limit: int = 48) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _width(text: str) -> int:
+    # Wide (CJK) characters take two columns in a terminal; without this the columns after them drift.
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def _market(text: str) -> str:
+    code = text.strip().upper()
+    if len(code) != 2 or not code.isalpha() or not code.isascii():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a two-letter market code")
+    return code
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
