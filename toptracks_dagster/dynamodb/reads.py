@@ -196,21 +196,22 @@ def market_keys_from_gsi(client, table: str, market: str) -> Iterator[tuple[str,
         yield from keys_of(page)
 
 
-def get_items(client, table: str, keys: list[tuple[str, str]], keys_only: bool = False) -> dict[tuple[str, str], dict]:
-    """Consistent BatchGetItem of `keys` (any number), UnprocessedKeys resent with backoff."""
+def get_items(
+    client, table: str, keys: list[tuple[str, str]], keys_only: bool = False, attributes: Sequence[str] = ()
+) -> dict[tuple[str, str], dict]:
+    """Consistent BatchGetItem of `keys` (any number), UnprocessedKeys resent with backoff; with `attributes`
+    (or `keys_only`) only those attributes of each item (the keys are always included)."""
     found: dict[tuple[str, str], dict] = {}
+    wanted = [PARTITION_KEY, SORT_KEY, *(a for a in attributes if a not in (PARTITION_KEY, SORT_KEY))]
     for start in range(0, len(keys), 100):  # BatchGetItem's limit
         request: dict = {
             "Keys": [{PARTITION_KEY: {"S": a}, SORT_KEY: {"S": s}} for a, s in keys[start : start + 100]],
             "ConsistentRead": True,
         }
-        if keys_only:
-            request.update(
-                {
-                    "ProjectionExpression": "#pk, #sk",
-                    "ExpressionAttributeNames": {"#pk": PARTITION_KEY, "#sk": SORT_KEY},
-                }
-            )
+        if keys_only or attributes:
+            names: dict[str, str] = {}
+            request["ProjectionExpression"] = projection(names, wanted)
+            request["ExpressionAttributeNames"] = names
         pending = {table: request}
         for attempt in range(10):
             response = client.batch_get_item(RequestItems=pending)
