@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from toptracks_dagster.common import SPOTIFY_ID_RE
 from toptracks_dagster.dev.spotify_emulator import (
-    ARTIST_ID_RE,
     Catalog,
     EmulatorSettings,
     SpotifyEmulator,
@@ -134,7 +134,7 @@ def test_top_tracks_shape(emu: SpotifyEmulator, http: requests.Session, token: s
         for track in tracks:
             checked += 1
             assert "available_markets" not in track and "available_markets" not in track["album"]
-            assert ARTIST_ID_RE.match(track["id"]) and TRACK_URI_RE.match(track["uri"])
+            assert SPOTIFY_ID_RE.match(track["id"]) and TRACK_URI_RE.match(track["uri"])
             assert track["type"] == "track" and track["is_local"] is False
             assert track["href"] == f"https://api.spotify.com/v1/tracks/{track['id']}"
             assert track["external_urls"]["spotify"] == f"https://open.spotify.com/track/{track['id']}"

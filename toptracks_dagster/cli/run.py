@@ -12,8 +12,7 @@ from pathlib import Path
 
 from toptracks_dagster import config
 from toptracks_dagster.cli.stack import use_local_stack
-
-DEFAULT_DAGSTER_HOME = "./dagster_home"
+from toptracks_dagster.dev.dagster_records import DEFAULT_DAGSTER_HOME
 
 
 def add_run_commands(commands) -> None:

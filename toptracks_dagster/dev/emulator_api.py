@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from toptracks_dagster.common import SPOTIFY_ID_RE
 from toptracks_dagster.dev.emulator_catalog import Catalog
 from toptracks_dagster.dev.emulator_settings import EmulatorSettings, EmulatorStats
 
-ARTIST_ID_RE = re.compile(r"^[0-9A-Za-z]{22}$")
 _MARKET_RE = re.compile(r"^[A-Z]{2}$")
 
 
@@ -150,7 +150,7 @@ class EmulatorApi:
         if slow:
             time.sleep(settings.slow_response_s)
 
-        if not ARTIST_ID_RE.fullmatch(artist_id):
+        if not SPOTIFY_ID_RE.fullmatch(artist_id):
             return api_error(400, "Invalid base62 id")
         market = query.get("market", [""])[0]
         if not _MARKET_RE.fullmatch(market):

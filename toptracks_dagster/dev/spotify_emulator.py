@@ -37,12 +37,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from toptracks_dagster.dev.emulator_api import ARTIST_ID_RE, EmulatorApi, Response, api_error
+from toptracks_dagster.dev.emulator_api import EmulatorApi, Response, api_error
 from toptracks_dagster.dev.emulator_catalog import Catalog
 from toptracks_dagster.dev.emulator_names import demo_artist_ids
 from toptracks_dagster.dev.emulator_settings import EmulatorSettings, EmulatorStats
 
-__all__ = ["ARTIST_ID_RE", "Catalog", "EmulatorSettings", "EmulatorStats", "SpotifyEmulator", "demo_artist_ids"]
+__all__ = ["Catalog", "EmulatorSettings", "EmulatorStats", "SpotifyEmulator", "demo_artist_ids"]
 
 _TOP_TRACKS_PATH_RE = re.compile(r"^/v1/artists/([^/]*)/top-tracks/?$")
 

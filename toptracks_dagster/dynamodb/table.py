@@ -1,4 +1,4 @@
-"""The `top_tracks` table: its schema, its items, and how a market's raw data is loaded into it exactly.
+"""The `top_tracks` table: its schema, keys and GSI, its creation, and the errors worth a retry.
 
 Keys: partition key `artist_id`, sort key `country_track_id` = "<market>#<track id>", so the same track in US
 and CA is two items. GSI `country-popularity-index` (hash `country`, range `popularity`, projection INCLUDE) makes
