@@ -63,23 +63,19 @@ def emit_check_results(
     for partition, results in outcomes.items():
         for outcome in results:
             spec = specs[outcome.name]
+            fields = {
+                "asset_key": spec.asset_key,
+                "check_name": spec.name,
+                "passed": outcome.passed,
+                "severity": outcome.severity,
+                "description": outcome.description,
+                "metadata": outcome.metadata,
+            }
             if single:
-                yield AssetCheckResult(
-                    asset_key=spec.asset_key,
-                    check_name=spec.name,
-                    passed=outcome.passed,
-                    severity=outcome.severity,
-                    description=outcome.description,
-                    metadata=outcome.metadata,
-                )
+                yield AssetCheckResult(**fields)
                 continue
             yield AssetCheckEvaluation(
-                asset_key=spec.asset_key,
-                check_name=spec.name,
-                passed=outcome.passed,
-                severity=outcome.severity,
-                description=outcome.description,
-                metadata=outcome.metadata,
+                **fields,
                 blocking=spec.blocking,
                 partition=partition,
                 target_materialization_data=target_materialization(context, spec.asset_key, partition),

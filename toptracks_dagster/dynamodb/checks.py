@@ -163,7 +163,7 @@ def verify_artists(
             with lock:
                 result.artists += 1
                 result.items_read += len(actual)
-                _compare_hashes(result, market, outcome.artist_id, expected, actual)
+                _compare_items(result, market, outcome.artist_id, expected, actual, by_hash=True)
 
     slots = threading.BoundedSemaphore(max(1, concurrency) * 2)
     futures = []
@@ -187,11 +187,12 @@ def verify_artists(
                 and outcome.artist_id not in read_in_full
                 and outcome.status in (200, 404)
             ):
-                batch.append(outcome)
-                batch_keys += len(outcome.tracks or [])
-                if batch_keys >= 100:
+                keys = len(outcome.tracks or [])
+                if batch and batch_keys + keys > 100:  # one BatchGetItem (100 keys at most) per batch
                     submit(by_keys, batch)
                     batch, batch_keys = [], 0
+                batch.append(outcome)
+                batch_keys += keys
             else:
                 submit(by_query, outcome.artist_id, outcome)
         if batch:
@@ -203,50 +204,38 @@ def verify_artists(
     return result
 
 
-def _compare_hashes(result: Verification, market: str, artist_id: str, expected: dict, actual: dict) -> None:
-    """`actual` read by key with HASHED_READ: keys, rank and popularity as `_compare_items`, the rest by hash."""
-    for key, (rank, track) in expected.items():
-        item = actual.get(key)
-        if item is None:
-            result.missing.add({"artist_id": artist_id, SORT_KEY: key})
-            continue
-        if (plain(item.get("rank")), plain(item.get("popularity"))) != (rank, stored_popularity(track)):
-            result.changed.add(
-                {
-                    "artist_id": artist_id,
-                    SORT_KEY: key,
-                    "raw": {"rank": rank, "popularity": stored_popularity(track)},
-                    "table": {"rank": plain(item.get("rank")), "popularity": plain(item.get("popularity"))},
-                }
-            )
-        differing = [] if item.get("content_hash") == content_hash(market, rank, track) else ["content_hash"]
-        if item.get("country") != market:
-            differing.append("country")
-        if differing:
-            result.mismatched.add({"artist_id": artist_id, SORT_KEY: key, "differing_attributes": differing})
-
-
-def _compare_items(result: Verification, market: str, artist_id: str, expected: dict, actual: dict) -> None:
-    for key, (rank, track) in expected.items():
-        item = actual.get(key)
-        if item is None:
-            result.missing.add({"artist_id": artist_id, SORT_KEY: key})
-            continue
-        if (plain(item.get("rank")), plain(item.get("popularity"))) != (rank, stored_popularity(track)):
-            result.changed.add(
-                {
-                    "artist_id": artist_id,
-                    SORT_KEY: key,
-                    "raw": {"rank": rank, "popularity": stored_popularity(track)},
-                    "table": {"rank": plain(item.get("rank")), "popularity": plain(item.get("popularity"))},
-                }
-            )
-        expected_fields, actual_fields = track_fields(track), item_fields(item)
-        differing = sorted(
-            n
-            for n in expected_fields.keys() | actual_fields.keys()
-            if n not in expected_fields or n not in actual_fields or not same(expected_fields[n], actual_fields[n])
+def _compare_rank_and_popularity(result: Verification, artist_id: str, key: str, rank: int, track, item) -> None:
+    if (plain(item.get("rank")), plain(item.get("popularity"))) != (rank, stored_popularity(track)):
+        result.changed.add(
+            {
+                "artist_id": artist_id,
+                SORT_KEY: key,
+                "raw": {"rank": rank, "popularity": stored_popularity(track)},
+                "table": {"rank": plain(item.get("rank")), "popularity": plain(item.get("popularity"))},
+            }
         )
+
+
+def _compare_items(
+    result: Verification, market: str, artist_id: str, expected: dict, actual: dict, by_hash: bool = False
+) -> None:
+    """Keys, rank and popularity always; the rest attribute by attribute, or (`by_hash`: items read with
+    HASHED_READ) by the content hash the load computed from the same raw track."""
+    for key, (rank, track) in expected.items():
+        item = actual.get(key)
+        if item is None:
+            result.missing.add({"artist_id": artist_id, SORT_KEY: key})
+            continue
+        _compare_rank_and_popularity(result, artist_id, key, rank, track, item)
+        if by_hash:
+            differing = [] if item.get("content_hash") == content_hash(market, rank, track) else ["content_hash"]
+        else:
+            expected_fields, actual_fields = track_fields(track), item_fields(item)
+            differing = sorted(
+                n
+                for n in expected_fields.keys() | actual_fields.keys()
+                if n not in expected_fields or n not in actual_fields or not same(expected_fields[n], actual_fields[n])
+            )
         if item.get("country") != market:
             differing.append("country")
         if differing:
