@@ -168,7 +168,7 @@ def test_edited_items_fail_the_table_checks_and_the_audit(prod_env, artists_tabl
 def _audit_job():
     from dagster import Definitions
 
-    from toptracks_dagster.jobs import top_tracks_audit_job
+    from toptracks_dagster.dynamodb.audit import top_tracks_audit_job
 
     return Definitions(jobs=[top_tracks_audit_job], resources=build_resources("prod")).resolve_job_def(
         "top_tracks_audit_job"

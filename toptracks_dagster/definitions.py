@@ -7,7 +7,8 @@ from toptracks_dagster.artists_db.sensors import artists_changed_sensor
 from toptracks_dagster.common import limit_malloc_arenas
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.assets import top_tracks
-from toptracks_dagster.jobs import top_tracks_audit_job, top_tracks_job
+from toptracks_dagster.dynamodb.audit import top_tracks_audit_job
+from toptracks_dagster.jobs import top_tracks_job
 from toptracks_dagster.schedules import daily_refresh, rolling_refresh, weekly_audit
 from toptracks_dagster.spotify.assets import raw_top_tracks
 

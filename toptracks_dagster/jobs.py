@@ -1,11 +1,8 @@
-"""Jobs: the refresh (all markets of a run in one run) and the full audit of the table."""
+"""The refresh job (all markets of a run in one run); the audit is an op job of the dynamodb room."""
 
 from dagster import AssetSelection, define_asset_job
 
-from toptracks_dagster.dynamodb.audit import top_tracks_audit_job
 from toptracks_dagster.partitions import country_partitions
-
-__all__ = ["all_markets_tags", "top_tracks_audit_job", "top_tracks_job"]
 
 top_tracks_job = define_asset_job(
     "top_tracks_job",

@@ -3,7 +3,8 @@
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from toptracks_dagster import config
-from toptracks_dagster.jobs import all_markets_tags, top_tracks_audit_job, top_tracks_job
+from toptracks_dagster.dynamodb.audit import top_tracks_audit_job
+from toptracks_dagster.jobs import all_markets_tags, top_tracks_job
 from toptracks_dagster.raw_storage.resources import RawStorage
 from toptracks_dagster.spotify.budget import (
     ROLLING_INTERVAL_S,

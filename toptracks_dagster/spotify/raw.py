@@ -15,23 +15,22 @@ blocking checks: the merge is written aside (`RawStorage.write_aside`), verified
 
 from __future__ import annotations
 
-import heapq
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import IO, Iterable, Iterator
 
-from toptracks_dagster.common import is_valid_spotify_id, parse_iso, utc_now_iso
+from toptracks_dagster.common import is_valid_spotify_id, utc_now_iso
 from toptracks_dagster.raw_storage.resources import (
     PendingObject,
     RawObjectMissing,
     RawStorage,
 )
 from toptracks_dagster.spotify.client import TopTracksOutcome
-from toptracks_dagster.spotify.track_fields import track_problems
+from toptracks_dagster.spotify.profile import MAX_TRACKS, MarketProfile, track_ids_of, tracks_of
+
+__all__ = ["MAX_TRACKS", "MarketProfile", "PartitionMerge", "RawPartition", "RawPartitionIncomplete"]
 
 FORMAT = 2
-MAX_TRACKS = 10  # Spotify's documented maximum for top-tracks
-SAMPLE_SIZE = 10  # offending values kept for a check's metadata; counts always cover all of them
 _OUTCOME_FIELDS = {f.name for f in fields(TopTracksOutcome)}
 
 
@@ -187,162 +186,6 @@ def _write_record(stream: IO[str], record: dict) -> None:
     stream.write("\n")
 
 
-@dataclass
-class _Sample:
-    count: int = 0
-    first: list = field(default_factory=list)
-
-    def add(self, entry) -> None:
-        self.count += 1
-        if len(self.first) < SAMPLE_SIZE:
-            self.first.append(entry)
-
-
-@dataclass
-class MarketProfile:
-    """Everything the raw checks and the metadata need, gathered while the merge is written (no second read).
-
-    Whole-partition numbers cover every outcome of the merged partition; quality numbers (fields, list
-    length, duplicates, statuses) cover the outcomes fetched in this run: the kept ones passed when fetched.
-    """
-
-    market: str
-    planned: int = 0  # artists this run set out to fetch (after the fetch: the ones it fetched)
-    unfetched: int = 0  # planned artists a request cap left unfetched (they keep their previous outcome)
-    outcomes: int = 0
-    with_tracks: int = 0
-    not_found: int = 0
-    tracks: int = 0
-    popularity_sum: int = 0
-    fetched: int = 0
-    fetched_new: int = 0  # fetched artists the previous partition did not have
-    kept: int = 0
-    removed_artists: int = 0  # in the previous partition, gone from the artist list
-    pending_new: list[str] = field(default_factory=list)  # new artists this (partial) run did not fetch
-    previous_tracks: int = 0
-    tracks_dropped: int = 0  # tracks of the previous partition that the merged one no longer has
-    fetched_not_found: int = 0
-    unexpected_status: _Sample = field(default_factory=_Sample)
-    over_limit: _Sample = field(default_factory=_Sample)
-    longest_list: int = 0
-    duplicate_lists: _Sample = field(default_factory=_Sample)
-    duplicate_entries: int = 0
-    tracks_checked: int = 0
-    invalid_tracks: _Sample = field(default_factory=_Sample)
-    problems_by_field: dict = field(default_factory=dict)
-    requested_at: list[str] = field(default_factory=list)
-    oldest_heap: list = field(default_factory=list)  # the SAMPLE_SIZE oldest lists: (-epoch s, artist_id, requested_at)
-    top_preview: list[dict] = field(default_factory=list)
-
-    @property
-    def mean_popularity(self) -> float:
-        return round(self.popularity_sum / self.tracks, 2) if self.tracks else 0.0
-
-    def ages_days(self, now_iso: str) -> dict[str, float]:
-        """Oldest, median and 95th-percentile age (days) of the stored lists."""
-        if not self.requested_at:
-            return {"oldest": 0.0, "median": 0.0, "p95": 0.0}
-        now = parse_iso(now_iso)
-        ages = sorted(((now - parse_iso(t)).total_seconds() / 86400 for t in self.requested_at if t), reverse=True)
-        if not ages:
-            return {"oldest": 0.0, "median": 0.0, "p95": 0.0}
-        return {
-            "oldest": round(ages[0], 3),
-            "median": round(ages[len(ages) // 2], 3),
-            "p95": round(ages[int(len(ages) * 0.05)], 3),
-        }
-
-    def older_than(self, now_iso: str, days: float) -> int:
-        """Stored lists older than `days` (the freshness bound)."""
-        cutoff = parse_iso(now_iso).timestamp() - days * 86400
-        return sum(1 for t in self.requested_at if t and parse_iso(t).timestamp() < cutoff)
-
-    def oldest(self, now_iso: str) -> list[dict]:
-        """The oldest stored lists, oldest first, with their age in days."""
-        now = parse_iso(now_iso).timestamp()
-        return [
-            {"artist_id": a, "market": self.market, "requested_at": t, "age_days": round((now + e) / 86400, 3)}
-            for e, a, t in sorted(self.oldest_heap, reverse=True)
-        ]
-
-    def _count(self, outcome: TopTracksOutcome) -> None:
-        self.outcomes += 1
-        self.requested_at.append(outcome.requested_at)
-        if outcome.requested_at:
-            entry = (-parse_iso(outcome.requested_at).timestamp(), outcome.artist_id, outcome.requested_at)
-            if len(self.oldest_heap) < SAMPLE_SIZE:
-                heapq.heappush(self.oldest_heap, entry)
-            elif entry > self.oldest_heap[0]:
-                heapq.heapreplace(self.oldest_heap, entry)
-        if outcome.status == 404:
-            self.not_found += 1
-            return
-        tracks = _tracks(outcome)
-        self.with_tracks += 1 if tracks else 0
-        self.tracks += len(tracks)
-        for track in tracks:
-            popularity = track.get("popularity") if isinstance(track, dict) else None
-            popularity = popularity if isinstance(popularity, int) and not isinstance(popularity, bool) else 0
-            self.popularity_sum += popularity
-            self.top_preview.append(
-                {
-                    "artist_id": outcome.artist_id,
-                    "track": str(track.get("name", "")) if isinstance(track, dict) else "",
-                    "popularity": popularity,
-                }
-            )
-        if len(self.top_preview) > 50:  # keep memory flat: only the best few survive
-            self.top_preview = sorted(self.top_preview, key=lambda t: -t["popularity"])[:10]
-
-    def _inspect_fetched(self, outcome: TopTracksOutcome) -> None:
-        self.fetched += 1
-        if outcome.status == 404:
-            self.fetched_not_found += 1
-        elif outcome.status != 200 or not isinstance(outcome.tracks, list):
-            self.unexpected_status.add({"artist_id": outcome.artist_id, "status": outcome.status})
-        tracks = _tracks(outcome)
-        self.longest_list = max(self.longest_list, len(tracks))
-        if len(tracks) > MAX_TRACKS:
-            self.over_limit.add({"artist_id": outcome.artist_id, "tracks": len(tracks)})
-        ranks: dict[str, list[int]] = {}
-        for rank, track in enumerate(tracks, start=1):
-            self.tracks_checked += 1
-            problems = track_problems(track)
-            if problems:
-                for name, _ in problems:
-                    self.problems_by_field[name] = self.problems_by_field.get(name, 0) + 1
-                track_id = track.get("id") if isinstance(track, dict) else None
-                self.invalid_tracks.add(
-                    {
-                        "artist_id": outcome.artist_id,
-                        "rank": rank,
-                        "track_id": str(track_id)[:40],
-                        "problems": [f"{name}: {problem}" for name, problem in problems],
-                    }
-                )
-            track_id = track.get("id") if isinstance(track, dict) else None
-            if isinstance(track_id, str) and track_id:
-                ranks.setdefault(track_id, []).append(rank)
-        repeated = {track_id: r for track_id, r in ranks.items() if len(r) > 1}
-        if repeated:
-            self.duplicate_entries += sum(len(r) - 1 for r in repeated.values())
-            for track_id, r in repeated.items():
-                self.duplicate_lists.add({"artist_id": outcome.artist_id, "track_id": track_id, "ranks": r})
-
-    def finish(self) -> None:
-        self.top_preview = sorted(self.top_preview, key=lambda t: -t["popularity"])[:10]
-
-
-def _tracks(outcome: TopTracksOutcome) -> list:
-    return outcome.tracks if outcome.status == 200 and isinstance(outcome.tracks, list) else []
-
-
-def _track_ids(outcome: TopTracksOutcome | None) -> set[str]:
-    if outcome is None:
-        return set()
-    return {t.get("id") for t in _tracks(outcome) if isinstance(t, dict) and isinstance(t.get("id"), str)}
-
-
 class PartitionMerge:
     """Merges one market's freshly fetched outcomes into its previous partition, streaming, into `stream`.
 
@@ -378,14 +221,14 @@ class PartitionMerge:
             self._held = next(self._previous, None)
         if self._held is not None and self._held.artist_id == artist_id:
             found, self._held = self._held, next(self._previous, None)
-            self.profile.previous_tracks += len(_tracks(found))
+            self.profile.previous_tracks += len(tracks_of(found))
             return found
         return None
 
     def _drop(self, outcome: TopTracksOutcome) -> None:
         self.profile.removed_artists += 1
-        self.profile.previous_tracks += len(_tracks(outcome))
-        self.profile.tracks_dropped += len(_tracks(outcome))
+        self.profile.previous_tracks += len(tracks_of(outcome))
+        self.profile.tracks_dropped += len(tracks_of(outcome))
 
     def _keep_until(self, artist_id: str | None) -> None:
         while self._next_id < len(self._ids) and (artist_id is None or self._ids[self._next_id] < artist_id):
@@ -409,7 +252,7 @@ class PartitionMerge:
         previous = self._previous_for(outcome.artist_id)
         if previous is None:
             self.profile.fetched_new += 1
-        self.profile.tracks_dropped += len(_track_ids(previous) - _track_ids(outcome))
+        self.profile.tracks_dropped += len(track_ids_of(previous) - track_ids_of(outcome))
         self.profile._inspect_fetched(outcome)
         self.profile._count(outcome)
         _write_record(self._stream, {"record": "outcome", **outcome.to_json()})
