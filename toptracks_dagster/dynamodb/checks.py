@@ -261,7 +261,7 @@ def evaluate_table_checks(verification: Verification | None, error: str | None, 
             else (
                 f"the table's items for {market} differ from the raw partition for the verified artists: "
                 f"{v.missing.count} missing, {v.changed.count} with another rank or popularity, {v.extra.count} extra. "
-                f"Re-materialize `top_tracks` for {market}; run `top_tracks_audit` to see the whole market."
+                f"Re-materialize `top_tracks` for {market}; run `top_tracks_audit_job` to see the whole market."
             ),
             {
                 **common,

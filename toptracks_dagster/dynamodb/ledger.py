@@ -8,7 +8,7 @@ whose items it reads back from the table: recovery costs what the crashed load w
 
 Both live in raw storage next to each other under `top_tracks/market=XX/` and are trusted only for the same
 table (name, endpoint, creation time) and item format. Writes to the table by anything else are outside their
-view; the `top_tracks_audit` check compares the whole table.
+view; `top_tracks_audit_job` compares the whole table.
 """
 
 from __future__ import annotations
