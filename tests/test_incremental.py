@@ -139,20 +139,31 @@ def test_due_mode_fetches_new_artists_and_aged_lists_only(prod_env, artists_tabl
         return {r["artist_id"]: r["requested_at"] for r in records if r["record"] == "outcome"}
 
     with instance_for_test() as instance:
-        run_all_markets(instance, mode="due")  # nothing stored: every list is due
+        loaded = run_all_markets(instance, mode="due")  # nothing stored: every list is due
         assert _requests(emulator) == 8 * 2
         first = stamps()
 
         before = _requests(emulator)
+        written = raw_file.stat().st_mtime_ns, raw_file.stat().st_ino
         result = run_all_markets(instance, mode="due")
         assert _requests(emulator) == before  # nothing new, nothing aged: no request, no write
         assert all(v["write_requests"] == 0 for v in partition_metadata(result, "top_tracks").values())
+        # The raw partitions are not rewritten either, and their checks still ran on them.
+        assert (raw_file.stat().st_mtime_ns, raw_file.stat().st_ino) == written
+        raw = partition_metadata(result, "raw_top_tracks")
+        assert {m: (v["partition_rewritten"], v["artists"]) for m, v in raw.items()} == {
+            "US": (False, 8),
+            "CA": (False, 8),
+        }
+        verdicts = {k: e.passed for k, e in check_results(loaded).items() if k[0].startswith("raw_")}
+        assert {k: e.passed for k, e in check_results(result).items() if k[0].startswith("raw_")} == verdicts
         assert stamps() == first
 
         artists_table.add(*ids[8:])
         before = _requests(emulator)
-        run_all_markets(instance, mode="due")
+        result = run_all_markets(instance, mode="due")
         assert _requests(emulator) - before == 2 * 2
+        assert all(v["partition_rewritten"] for v in partition_metadata(result, "raw_top_tracks").values())
         second = stamps()
         assert {a for a in second if second[a] != first.get(a)} == set(ids[8:])
 

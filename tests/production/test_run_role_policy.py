@@ -97,6 +97,8 @@ def account(emulated_aws, monkeypatch, artists_table, emulator, client_secret, s
         "TOPTRACKS_TABLE": table,
         "TOPTRACKS_RAW_S3_BUCKET": bucket,
         "TOPTRACKS_CREATE_TABLE": "false",
+        # A sample of 1: the other new artists' items are read back by key (BatchGetItem), as at scale.
+        "TOPTRACKS_CHECK_SAMPLE_SIZE": "1",
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
     }.items():

@@ -1,5 +1,6 @@
 """`raw_top_tracks`: every artist's top tracks per market, as Spotify returned them, kept as raw JSON."""
 
+import os
 import time
 from contextlib import ExitStack
 
@@ -63,7 +64,8 @@ from toptracks_dagster.spotify.resources import SpotifyResource
         "due = new artists and lists fetched `max_age_hours` (20) or more ago; stalest = the `limit` oldest "
         "lists, new artists first; artists = a given list) and merges them into "
         "the partition: the other artists' outcomes are kept, artists gone from `artist_ids` dropped (no "
-        "request). The merged partition is written aside and published only if its blocking checks pass. "
+        "request). The merged partition is written aside and published only if its blocking checks pass; a "
+        "market with nothing fetched, added or removed keeps its partition as it is (not rewritten). "
         "With TOPTRACKS_REQUESTS_PER_DAY every run is capped at what is left of the UTC day's budget (counted in "
         "a ledger in raw storage, retries and 404s included); a fetch stopped by the cap publishes what it got."
     ),
@@ -101,13 +103,23 @@ def raw_top_tracks(
     if capped_before_start:
         pairs = []  # nothing left today: merge only (artists that left the list are still dropped)
 
+    # A market whose plan fetches, adds and removes nothing keeps its partition byte for byte: it is streamed
+    # once for the checks' numbers, not rewritten (cost follows the change, for raw storage writes too).
+    unchanged = {
+        plan.market
+        for plan in plans
+        if previous[plan.market] is not None and not plan.fetch and not plan.new and not plan.removed
+    }
     with ExitStack() as cleanup:
         merges: dict[str, PartitionMerge] = {}
         pending = {}
         for plan in plans:
-            stream, pending[plan.market] = cleanup.enter_context(
-                raw_storage.write_aside(raw_partition_key(plan.market))
-            )
+            if plan.market in unchanged:
+                stream = cleanup.enter_context(open(os.devnull, "w"))
+            else:
+                stream, pending[plan.market] = cleanup.enter_context(
+                    raw_storage.write_aside(raw_partition_key(plan.market))
+                )
             request = {
                 "api_base_url": spotify.api_base_url,
                 "refresh": {
@@ -141,14 +153,17 @@ def raw_top_tracks(
         profile = profiles[market]
         verify_error = None
         try:
-            RawPartition.from_pending(pending[market], market)
+            if market not in unchanged:  # an unchanged partition was verified when it was opened
+                RawPartition.from_pending(pending[market], market)
         except RawPartitionIncomplete as error:
             verify_error = str(error)
         base = {"market": market, "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market)))}
         checks[market] = evaluate_raw_checks(profile, base, verify_error, settings.check_max_404_share())
         checks[market].append(evaluate_freshness_bound(profile, base, now, budget.bound_days))
         blocked = failed_blocking(checks[market], RAW_CHECK_SPECS)
-        if blocked:
+        if market in unchanged:
+            pass  # nothing was written aside: the current partition stays, whatever its checks say now
+        elif blocked:
             pending[market].discard()
             context.log.error(
                 f"{market}: not published ({', '.join(o.name for o in blocked)} failed); the previous "
@@ -169,6 +184,7 @@ def raw_top_tracks(
                 "freshness_bound_days": budget.bound_days,
                 "pairs_older_than_bound": profile.older_than(now, budget.bound_days),
                 "artists_not_fetched_cap": profile.unfetched,
+                "partition_rewritten": market not in unchanged,
             },
             partition_key=market,
         )
