@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from array import array
 from dataclasses import dataclass, field
 
 from toptracks_dagster.common import parse_iso
@@ -56,7 +57,8 @@ class MarketProfile:
     tracks_checked: int = 0
     invalid_tracks: _Sample = field(default_factory=_Sample)
     problems_by_field: dict = field(default_factory=dict)
-    requested_at: list[str] = field(default_factory=list)
+    # When each stored list was fetched, epoch seconds: 8 bytes per artist (the timestamps' strings were ~80).
+    fetched_epochs: array = field(default_factory=lambda: array("d"))
     oldest_heap: list = field(default_factory=list)  # the SAMPLE_SIZE oldest lists: (-epoch s, artist_id, requested_at)
     top_preview: list[dict] = field(default_factory=list)
 
@@ -66,10 +68,8 @@ class MarketProfile:
 
     def ages_days(self, now_iso: str) -> dict[str, float]:
         """Oldest, median and 95th-percentile age (days) of the stored lists."""
-        if not self.requested_at:
-            return {"oldest": 0.0, "median": 0.0, "p95": 0.0}
-        now = parse_iso(now_iso)
-        ages = sorted(((now - parse_iso(t)).total_seconds() / 86400 for t in self.requested_at if t), reverse=True)
+        now = parse_iso(now_iso).timestamp()
+        ages = sorted(((now - t) / 86400 for t in self.fetched_epochs), reverse=True)
         if not ages:
             return {"oldest": 0.0, "median": 0.0, "p95": 0.0}
         return {
@@ -81,7 +81,7 @@ class MarketProfile:
     def older_than(self, now_iso: str, days: float) -> int:
         """Stored lists older than `days` (the freshness bound)."""
         cutoff = parse_iso(now_iso).timestamp() - days * 86400
-        return sum(1 for t in self.requested_at if t and parse_iso(t).timestamp() < cutoff)
+        return sum(1 for t in self.fetched_epochs if t < cutoff)
 
     def oldest(self, now_iso: str) -> list[dict]:
         """The oldest stored lists, oldest first, with their age in days."""
@@ -93,9 +93,10 @@ class MarketProfile:
 
     def _count(self, outcome: TopTracksOutcome) -> None:
         self.outcomes += 1
-        self.requested_at.append(outcome.requested_at)
         if outcome.requested_at:
-            entry = (-parse_iso(outcome.requested_at).timestamp(), outcome.artist_id, outcome.requested_at)
+            fetched = parse_iso(outcome.requested_at).timestamp()
+            self.fetched_epochs.append(fetched)
+            entry = (-fetched, outcome.artist_id, outcome.requested_at)
             if len(self.oldest_heap) < SAMPLE_SIZE:
                 heapq.heappush(self.oldest_heap, entry)
             elif entry > self.oldest_heap[0]:

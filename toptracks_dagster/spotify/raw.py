@@ -196,7 +196,7 @@ class PartitionMerge:
 
     def __init__(
         self,
-        stream: IO[str],
+        stream: IO[str] | None,
         market: str,
         artist_ids: list[str],
         previous: Iterable[TopTracksOutcome],
@@ -210,9 +210,7 @@ class PartitionMerge:
         self._previous = iter(previous)
         self._held: TopTracksOutcome | None = next(self._previous, None)
         self.profile = MarketProfile(market=market, planned=planned)
-        _write_record(
-            stream, {"record": "request", "format": FORMAT, "market": market, **request, "started_at": utc_now_iso()}
-        )
+        self._write({"record": "request", "format": FORMAT, "market": market, **request, "started_at": utc_now_iso()})
 
     def _previous_for(self, artist_id: str) -> TopTracksOutcome | None:
         """The previous outcome of `artist_id` (if any); previous outcomes of artists before it are dropped."""
@@ -224,6 +222,10 @@ class PartitionMerge:
             self.profile.previous_tracks += len(tracks_of(found))
             return found
         return None
+
+    def _write(self, record: dict) -> None:
+        if self._stream is not None:  # None: the partition is only profiled, not rewritten
+            _write_record(self._stream, record)
 
     def _drop(self, outcome: TopTracksOutcome) -> None:
         self.profile.removed_artists += 1
@@ -240,7 +242,7 @@ class PartitionMerge:
                 continue
             self.profile.kept += 1
             self.profile._count(previous)
-            _write_record(self._stream, {"record": "outcome", **previous.to_json()})
+            self._write({"record": "outcome", **previous.to_json()})
 
     def push(self, outcome: TopTracksOutcome) -> None:
         if outcome.market != self.market:
@@ -255,13 +257,13 @@ class PartitionMerge:
         self.profile.tracks_dropped += len(track_ids_of(previous) - track_ids_of(outcome))
         self.profile._inspect_fetched(outcome)
         self.profile._count(outcome)
-        _write_record(self._stream, {"record": "outcome", **outcome.to_json()})
+        self._write({"record": "outcome", **outcome.to_json()})
 
     def finish(self) -> MarketProfile:
         self._keep_until(None)
         while self._held is not None:  # previous outcomes after the last listed artist
             self._drop(self._held)
             self._held = next(self._previous, None)
-        _write_record(self._stream, {"record": "end", "outcomes": self.profile.outcomes, "finished_at": utc_now_iso()})
+        self._write({"record": "end", "outcomes": self.profile.outcomes, "finished_at": utc_now_iso()})
         self.profile.finish()
         return self.profile
