@@ -24,6 +24,20 @@ from dagster import (
 )
 
 CANNOT_EVALUATE = "cannot be evaluated: "  # the one spelling of a check that could not read its data
+SAMPLE_SIZE = 10  # offending entries kept for a check's metadata; the counts always cover all of them
+
+
+@dataclass
+class Sample:
+    """How many entries a check found, and the first SAMPLE_SIZE of them for its metadata."""
+
+    count: int = 0
+    first: list = field(default_factory=list)
+
+    def add(self, entry: Any) -> None:
+        self.count += 1
+        if len(self.first) < SAMPLE_SIZE:
+            self.first.append(entry)
 
 
 @dataclass

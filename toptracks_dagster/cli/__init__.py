@@ -31,9 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     # preview; their warnings say nothing a user of this command can act on.
     from dagster import BetaWarning, PreviewWarning
 
-    from toptracks_dagster.common import limit_malloc_arenas
-
-    limit_malloc_arenas()  # before any thread starts: see its docstring
     warnings.filterwarnings("ignore", category=PreviewWarning)
     warnings.filterwarnings("ignore", category=BetaWarning)
     parser = argparse.ArgumentParser(prog="toptracks", description=__doc__.split("\n\n")[0])

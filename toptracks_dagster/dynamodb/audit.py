@@ -23,10 +23,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from toptracks_dagster.check_results import CheckOutcome
+from toptracks_dagster.check_results import CheckOutcome, Sample
 from toptracks_dagster.dynamodb.checks import AUDIT
 from toptracks_dagster.dynamodb.reads import (
-    Sample,
     Unavailable,
     chunks,
     expected_items,
@@ -38,6 +37,7 @@ from toptracks_dagster.dynamodb.reads import (
 )
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import (
+    PARTITION_KEY,
     SORT_KEY,
 )
 from toptracks_dagster.partitions import country_partitions
@@ -100,7 +100,7 @@ def diff_market(dynamodb: DynamoDBResource, raw: RawPartition) -> MarketDiff:
     # Artists gone from the raw data: found through the market's GSI (every item carries a numeric popularity,
     # so every item is in it), then confirmed on the base table, since the GSI may still show deleted items.
     candidates = [key for key in market_keys_from_gsi(client, table, market) if key[0] not in present]
-    for key in sorted(get_items(client, table, candidates, keys_only=True)):
+    for key in sorted(get_items(client, table, candidates, attributes=(PARTITION_KEY, SORT_KEY))):
         diff.table_items += 1
         diff.stale_artist_ids.add(key[0])
         diff.stale_artists.add({"artist_id": key[0], SORT_KEY: key[1]})

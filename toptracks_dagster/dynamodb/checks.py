@@ -22,10 +22,9 @@ from dagster import (
     MetadataValue,
 )
 
-from toptracks_dagster.check_results import CheckOutcome, check_spec
+from toptracks_dagster.check_results import CheckOutcome, Sample, check_spec
 from toptracks_dagster.dynamodb.items import content_hash
 from toptracks_dagster.dynamodb.reads import (
-    Sample,
     expected_items,
     get_items,
     item_fields,
@@ -129,14 +128,15 @@ def verify_artists(
     read_in_full = read_in_full or set()
     lock = threading.Lock()
 
-    def compare(artist_id: str, outcome, actual: dict[str, dict]) -> None:
+    def compare(artist_id: str, outcome, actual: dict[str, dict], expected=None, by_hash: bool = False) -> None:
         if outcome is not None and outcome.status not in (200, 404):
             return  # an error outcome keeps the previous list: nothing to compare with
-        expected = expected_items(market, outcome) if outcome is not None else {}
+        if expected is None:
+            expected = expected_items(market, outcome) if outcome is not None else {}
         with lock:
             result.artists += 1
             result.items_read += len(actual)
-            _compare_items(result, market, artist_id, expected, actual)
+            _compare_items(result, market, artist_id, expected, actual, by_hash)
             for key in actual.keys() - expected.keys():
                 result.extra.add(
                     {
@@ -153,17 +153,14 @@ def verify_artists(
         compare(artist_id, outcome, actual)
 
     def by_keys(batch: list) -> None:
-        keys = [(o.artist_id, key) for o in batch for key in expected_items(market, o)]
+        expected = {o.artist_id: expected_items(market, o) for o in batch}
+        keys = [(artist_id, key) for artist_id, items in expected.items() for key in items]
         found = get_items(client, table, keys, attributes=HASHED_READ)
         with lock:
             result.read_requests += (len(keys) + 99) // 100
         for outcome in batch:
             actual = {sk: item for (artist, sk), item in found.items() if artist == outcome.artist_id}
-            expected = expected_items(market, outcome)
-            with lock:
-                result.artists += 1
-                result.items_read += len(actual)
-                _compare_items(result, market, outcome.artist_id, expected, actual, by_hash=True)
+            compare(outcome.artist_id, outcome, actual, expected[outcome.artist_id], by_hash=True)
 
     slots = threading.BoundedSemaphore(max(1, concurrency) * 2)
     futures = []

@@ -8,7 +8,6 @@ import itertools
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from toptracks_dagster.dynamodb.items import (
@@ -29,22 +28,9 @@ if TYPE_CHECKING:
     from toptracks_dagster.raw_storage.resources import RawStorage
     from toptracks_dagster.spotify.raw import RawPartition
 
-SAMPLE_SIZE = 10  # offending keys shown in a result's metadata; the counts always cover all of them
-
 
 class Unavailable(Exception):
     """The raw partition or the table cannot be read; the message says which and why."""
-
-
-@dataclass
-class Sample:
-    count: int = 0
-    first: list = field(default_factory=list)
-
-    def add(self, entry: Any) -> None:
-        self.count += 1
-        if len(self.first) < SAMPLE_SIZE:
-            self.first.append(entry)
 
 
 # ------------------------------------------------------------------------------------------ expectations
@@ -197,10 +183,10 @@ def market_keys_from_gsi(client, table: str, market: str) -> Iterator[tuple[str,
 
 
 def get_items(
-    client, table: str, keys: list[tuple[str, str]], keys_only: bool = False, attributes: Sequence[str] = ()
+    client, table: str, keys: list[tuple[str, str]], attributes: Sequence[str] = ()
 ) -> dict[tuple[str, str], dict]:
     """Consistent BatchGetItem of `keys` (any number), UnprocessedKeys resent with backoff; with `attributes`
-    (or `keys_only`) only those attributes of each item (the keys are always included)."""
+    only those attributes of each item (the keys are always included)."""
     found: dict[tuple[str, str], dict] = {}
     wanted = [PARTITION_KEY, SORT_KEY, *(a for a in attributes if a not in (PARTITION_KEY, SORT_KEY))]
     for start in range(0, len(keys), 100):  # BatchGetItem's limit
@@ -208,7 +194,7 @@ def get_items(
             "Keys": [{PARTITION_KEY: {"S": a}, SORT_KEY: {"S": s}} for a, s in keys[start : start + 100]],
             "ConsistentRead": True,
         }
-        if keys_only or attributes:
+        if attributes:
             names: dict[str, str] = {}
             request["ProjectionExpression"] = projection(names, wanted)
             request["ExpressionAttributeNames"] = names

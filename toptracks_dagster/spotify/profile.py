@@ -6,23 +6,12 @@ import heapq
 from array import array
 from dataclasses import dataclass, field
 
+from toptracks_dagster.check_results import SAMPLE_SIZE, Sample
 from toptracks_dagster.common import parse_iso
 from toptracks_dagster.spotify.client import TopTracksOutcome
 from toptracks_dagster.spotify.track_fields import track_problems
 
 MAX_TRACKS = 10  # Spotify's documented maximum for top-tracks
-SAMPLE_SIZE = 10  # offending values kept for a check's metadata; counts always cover all of them
-
-
-@dataclass
-class _Sample:
-    count: int = 0
-    first: list = field(default_factory=list)
-
-    def add(self, entry) -> None:
-        self.count += 1
-        if len(self.first) < SAMPLE_SIZE:
-            self.first.append(entry)
 
 
 @dataclass
@@ -49,13 +38,13 @@ class MarketProfile:
     previous_tracks: int = 0
     tracks_dropped: int = 0  # tracks of the previous partition that the merged one no longer has
     fetched_not_found: int = 0
-    unexpected_status: _Sample = field(default_factory=_Sample)
-    over_limit: _Sample = field(default_factory=_Sample)
+    unexpected_status: Sample = field(default_factory=Sample)
+    over_limit: Sample = field(default_factory=Sample)
     longest_list: int = 0
-    duplicate_lists: _Sample = field(default_factory=_Sample)
+    duplicate_lists: Sample = field(default_factory=Sample)
     duplicate_entries: int = 0
     tracks_checked: int = 0
-    invalid_tracks: _Sample = field(default_factory=_Sample)
+    invalid_tracks: Sample = field(default_factory=Sample)
     problems_by_field: dict = field(default_factory=dict)
     # When each stored list was fetched, epoch seconds: 8 bytes per artist (the timestamps' strings were ~80).
     fetched_epochs: array = field(default_factory=lambda: array("d"))

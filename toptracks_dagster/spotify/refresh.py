@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from dagster import Config
 from pydantic import Field
 
-from toptracks_dagster.common import is_valid_spotify_id, parse_iso, utc_now_iso
+from toptracks_dagster.common import is_valid_spotify_id, parse_iso
 
 RefreshMode = Literal["full", "changed", "due", "stalest", "artists"]
 
@@ -85,7 +85,7 @@ def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: d
     elif config.mode == "changed":
         fetch = new
     elif config.mode == "due":
-        cutoff = parse_iso(utc_now_iso()) - timedelta(hours=config.max_age_hours)
+        cutoff = datetime.now(timezone.utc) - timedelta(hours=config.max_age_hours)
         fetch = [a for a in listed if a not in stored or _fetched_before(stored[a], cutoff)]
     elif config.mode == "stalest":
         if config.limit <= 0:
