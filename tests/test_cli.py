@@ -92,3 +92,30 @@ def test_toptracks_run_on_prod_loads_exactly_what_the_endpoint_serves(
     items = scan_table(ddb, prod_env["TOPTRACKS_TABLE"])
     assert set(items) == set(expected_keys(emulator.catalog, some_artist_ids, ["US", "CA"]))
     assert prod_env["SPOTIFY_CLIENT_SECRET"] not in completed.stdout + completed.stderr
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
+    """`toptracks ... | head` must not end in a BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toptracks_dagster.cli",
+            "plan",
+            "--artists",
+            "20000",
+            "--markets",
+            "5",
+            "--budget",
+            "20000",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # the reader is gone before the command writes its answer
+    stderr = process.stderr.read()
+    process.wait(timeout=120)
+    assert "BrokenPipeError" not in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert process.returncode == 1

@@ -16,6 +16,7 @@ One module per command: run.py (`run`, `dev`), query.py, stack.py, plan.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -41,16 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     add_plan_command(commands)
     args = parser.parse_args(argv)
     try:
-        if args.command == "stack":
-            return run_stack_command(args.action)
-        if args.command == "query":
-            use_local_stack(out=sys.stderr)  # stdout is the answer (--json)
-            return run_query_command(args)
-        if args.command == "plan":
-            return run_plan_command(args)
-        if args.command == "run":
-            return run_job(args)
-        return run_ui(args.port)
+        code = _dispatch(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not as a traceback at exit
+        return code
     except config.ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader left (`toptracks query popular US --min 80 | head`): stop quietly, as Python's docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(args) -> int:
+    if args.command == "stack":
+        return run_stack_command(args.action)
+    if args.command == "query":
+        use_local_stack(out=sys.stderr)  # stdout is the answer (--json)
+        return run_query_command(args)
+    if args.command == "plan":
+        return run_plan_command(args)
+    if args.command == "run":
+        return run_job(args)
+    return run_ui(args.port)
