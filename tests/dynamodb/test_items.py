@@ -22,6 +22,7 @@ from tests.helpers import scan_table
 from toptracks_dagster.dynamodb.items import (
     build_item,
     content_hash,
+    item_attributes,
     item_size,
     serialize_item,
 )
@@ -32,7 +33,7 @@ from toptracks_dagster.dynamodb.table import (
     TableSchemaMismatch,
     ensure_table,
 )
-from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats
+from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats, batch_write_item
 from toptracks_dagster.spotify.client import TopTracksOutcome
 
 
@@ -229,3 +230,45 @@ def test_table_without_the_gsi_is_refused(ddb, dynamodb_local_endpoint, table_na
         r"projection INCLUDE \(artists, fetched_at, id, name, rank\)\], but has \[no such index\]",
     ):
         ensure_table(ddb, table_name, dynamodb_local_endpoint)
+
+
+def test_the_load_builds_the_same_wire_item_as_boto3_in_one_pass(catalog, artist_ids):
+    """item_attributes (what a load sends) equals boto3's TypeSerializer applied to build_item, on awkward values."""
+    artist_id, track = a_track(catalog, artist_ids)
+    track.update(
+        {
+            "tempo": 120.5,
+            "energy": 1e-7,
+            "big": 10**30,
+            "audio": {"loudness": -5.25, "nan": float("nan"), "inf": float("-inf"), "empty": "", "flag": False},
+            "segments": [0.3, 2, None, True, {"deep": [1.5, "ü"]}],
+            "name": 'Ünïcödé "quoted" \\ slash',
+        }
+    )
+    track.pop("popularity")
+    item = build_item(artist_id, "US", 3, track, T0)
+    wire = {k: TypeSerializer().serialize(v) for k, v in item.items()}
+    assert item_attributes(artist_id, "US", 3, track, T0, item["content_hash"]) == wire
+    assert wire["popularity_missing"] == {"BOOL": True} and wire["energy"] == {"N": "1E-7"}
+    with pytest.raises(ValueError, match="38 digits"):
+        item_attributes(artist_id, "US", 3, {**track, "big": 10**40}, T0, item["content_hash"])
+
+
+def test_a_prebuilt_batch_body_round_trips_and_without_it_nothing_is_written(ddb, table, catalog, artist_ids):
+    """BatchWriteItem with the body encoded by json.dumps stores exactly the items; the placeholder botocore
+    serializes instead is refused by DynamoDB, so a skipped hook could never pass as a successful write."""
+    ids = [a for a in artist_ids if catalog.top_tracks(a, "US")][:3]
+    items = [
+        item_attributes(a, "US", rank, t, T0, content_hash("US", rank, t))
+        for a in ids
+        for rank, t in enumerate(catalog.top_tracks(a, "US"), 1)
+    ][:25]
+    response = batch_write_item(ddb, {table: [{"PutRequest": {"Item": item}} for item in items]})
+    assert not response.get("UnprocessedItems")
+    stored = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    assert len(stored) == len(items)
+    assert sorted(stored, key=lambda i: (i["artist_id"]["S"], i["country_track_id"]["S"])) == sorted(
+        items, key=lambda i: (i["artist_id"]["S"], i["country_track_id"]["S"])
+    )
+    with pytest.raises(ClientError, match="ValidationException"):
+        ddb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": {}}}]})

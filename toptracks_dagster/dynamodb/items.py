@@ -56,9 +56,9 @@ def content_hash(market: str, rank: int, track: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def list_digest(items_by_key: dict[str, dict]) -> str:
+def list_digest(hashes_by_key: dict[str, str]) -> str:
     """One artist's list in one market as the loader writes it: keys and content hashes (empty for a 404)."""
-    text = "\n".join(f"{key}={items_by_key[key]['content_hash']}" for key in sorted(items_by_key))
+    text = "\n".join(f"{key}={hashes_by_key[key]}" for key in sorted(hashes_by_key))
     return hashlib.sha256(f"{ITEM_FORMAT}\n{text}".encode()).hexdigest()[:32]
 
 
@@ -102,10 +102,74 @@ def build_item(artist_id: str, market: str, rank: int, track: dict, fetched_at: 
     return item
 
 
+_LARGEST_NUMBER = 10**38  # DynamoDB numbers carry at most 38 significant digits
+
+
+def attribute_value(value: Any) -> dict:
+    """A JSON value (or what dynamo_compatible makes of one) as a DynamoDB attribute value, in one pass.
+
+    Gives what boto3's TypeSerializer gives for dynamo_compatible(value); written out because TypeSerializer's
+    generic type dispatch, run on every nested field of every track, was a large share of a load's CPU.
+    """
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int):
+        if abs(value) >= _LARGEST_NUMBER:
+            raise ValueError(f"number {value} has more than the 38 digits DynamoDB can store")
+        return {"N": str(value)}
+    if isinstance(value, dict):
+        return {"M": {str(k): attribute_value(v) for k, v in value.items() if not _is_empty_set(v)}}
+    if isinstance(value, (list, tuple)):
+        return {"L": [attribute_value(v) for v in value if not _is_empty_set(v)]}
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, float):
+        return _serializer.serialize(dynamo_compatible(value))
+    return _serializer.serialize(value)  # Decimal, sets, bytes: rare, boto3's rules
+
+
+def item_attributes(artist_id: str, market: str, rank: int, track: dict, fetched_at: str, digest: str) -> dict:
+    """serialize_item(build_item(...)) in one pass, with the content hash already computed: what a load sends.
+
+    Raises ItemTooLarge above DynamoDB's item limit.
+    """
+    item = {k: attribute_value(v) for k, v in track.items() if k not in PIPELINE_ATTRIBUTES and not _is_empty_set(v)}
+    popularity = gsi_popularity(track.get("popularity"))
+    if popularity is None:  # as build_item: 0, flagged, so that the item stays in the GSI
+        popularity = 0
+        item["popularity_missing"] = {"BOOL": True}
+    item.update(
+        {
+            PARTITION_KEY: {"S": artist_id},
+            SORT_KEY: {"S": sort_key(market, track["id"])},
+            "country": {"S": market},
+            "rank": {"N": str(rank)},
+            "popularity": {"N": str(popularity)},
+            "fetched_at": {"S": fetched_at},
+            "content_hash": {"S": digest},
+        }
+    )
+    return _within_item_limit(item)
+
+
 def serialize_item(item: dict) -> dict:
-    serialized = {k: _serializer.serialize(v) for k, v in item.items()}
+    return _within_item_limit({k: attribute_value(v) for k, v in item.items()})
+
+
+def _within_item_limit(serialized: dict) -> dict:
+    # The compact JSON of an item is never smaller than DynamoDB's count of its size (every value's JSON spells
+    # its bytes plus type and punctuation), so only an item whose JSON is above the limit is measured exactly.
+    try:
+        text_bytes = len(json.dumps(serialized, ensure_ascii=False, separators=(",", ":")).encode())
+    except TypeError:  # binary values: measured exactly
+        text_bytes = MAX_ITEM_BYTES + 1
+    if text_bytes <= MAX_ITEM_BYTES:
+        return serialized
     size = item_size(serialized)
     if size > MAX_ITEM_BYTES:
+        item = {PARTITION_KEY: serialized[PARTITION_KEY]["S"], SORT_KEY: serialized[SORT_KEY]["S"]}
         largest = sorted(((len(k.encode()) + _value_size(v), k) for k, v in serialized.items()), reverse=True)[:3]
         raise ItemTooLarge(
             f"item artist_id={item[PARTITION_KEY]} {SORT_KEY}={item[SORT_KEY]} is {size:,} bytes, above DynamoDB's "

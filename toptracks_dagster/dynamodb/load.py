@@ -81,12 +81,18 @@ def load_market(
     else:
         previous, state = None, "read (no ledger for this table)"
 
+    listed = set(raw.requested_at)
+    if previous == {} and not untrusted:
+        # Known empty: every artist is written and nothing can be deleted, so no digest is needed before the
+        # load (it would build every item twice); the loader records each artist's digest as it writes.
+        return _load_into_empty_market(
+            client, table_name, raw, storage, identity, listed, state, concurrency, max_batch_retries, log
+        )
     digests: dict[str, tuple[str, int]] = {}
     for outcome in raw.outcomes():
         digest = outcome_digest(outcome, market)
         if digest is not None:
             digests[outcome.artist_id] = digest
-    listed = set(raw.requested_at)
     if previous is None:
         changed, removed = set(digests), set()
     else:
@@ -143,6 +149,27 @@ def load_market(
     write_ledger(storage, market, identity, kept)
     clear_journal(storage, market)
     return result
+
+
+def _load_into_empty_market(
+    client, table_name, raw, storage, identity, listed, state, concurrency, max_batch_retries, log
+) -> MarketLoadResult:
+    market = raw.market
+    write_journal(storage, market, identity, listed)
+    loader = MarketLoader(
+        client,
+        table_name,
+        market,
+        concurrency=concurrency,
+        max_batch_retries=max_batch_retries,
+        log=log,
+        previous_ledger={},
+    )
+    stats = loader.load(raw.outcomes())
+    written = {a: (loader.ledger[a], loader.item_counts[a]) for a in loader.item_counts}
+    write_ledger(storage, market, identity, written)
+    clear_journal(storage, market)
+    return MarketLoadResult(market, stats, changed_artists=set(written), table_state=state, had_no_items=set(written))
 
 
 def _market_has_items(client, table_name: str, market: str) -> bool:

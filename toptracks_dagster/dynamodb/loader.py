@@ -7,9 +7,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable
 
 from toptracks_dagster.dynamodb.items import (
-    build_item,
+    content_hash,
+    gsi_popularity,
+    item_attributes,
     list_digest,
-    serialize_item,
     valid_track_id,
 )
 from toptracks_dagster.dynamodb.reads import artist_item_pages, keys_of, market_key_pages
@@ -24,10 +25,11 @@ from toptracks_dagster.dynamodb.table import (
 from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats, _capacity
 
 
-def wanted_items(outcome, market: str, stats: LoadStats | None = None) -> dict[str, dict]:
-    """'<market>#<track id>' -> item, as the load stores one artist's outcome (a 404 or empty list: none).
-    Tracks without a usable id are skipped; a repeated track keeps its first rank."""
-    wanted: dict[str, dict] = {}
+def wanted_items(outcome, market: str, stats: LoadStats | None = None) -> dict[str, tuple[int, dict, str]]:
+    """'<market>#<track id>' -> (rank, track, content hash), as the load stores one artist's outcome (a 404 or
+    empty list: none). Tracks without a usable id are skipped; a repeated track keeps its first rank. Items are
+    built only for what is written (item_attributes)."""
+    wanted: dict[str, tuple[int, dict, str]] = {}
     if outcome.status != 200:
         return wanted
     for rank, track in enumerate(outcome.tracks or [], start=1):
@@ -41,8 +43,16 @@ def wanted_items(outcome, market: str, stats: LoadStats | None = None) -> dict[s
             if stats:
                 stats.add(duplicate_tracks=1)
             continue
-        wanted[key] = build_item(outcome.artist_id, market, rank, track, outcome.requested_at)
+        wanted[key] = (rank, track, content_hash(market, rank, track))
     return wanted
+
+
+def _hashes(wanted: dict[str, tuple[int, dict, str]]) -> dict[str, str]:
+    return {key: digest for key, (_, _, digest) in wanted.items()}
+
+
+def _without_popularity(wanted: dict[str, tuple[int, dict, str]]) -> int:
+    return sum(1 for _, track, _ in wanted.values() if gsi_popularity(track.get("popularity")) is None)
 
 
 def outcome_digest(outcome, market: str) -> tuple[str, int] | None:
@@ -51,7 +61,7 @@ def outcome_digest(outcome, market: str) -> tuple[str, int] | None:
     if outcome.status not in (200, 404):
         return None
     wanted = wanted_items(outcome, market)
-    return list_digest(wanted), len(wanted)
+    return list_digest(_hashes(wanted)), len(wanted)
 
 
 class MarketLoader:
@@ -91,6 +101,7 @@ class MarketLoader:
         self._untrusted = untrusted or set()
         self._known_digests = known_digests or {}
         self.ledger: dict[str, str] = {}
+        self.item_counts: dict[str, int] = {}  # items this load left for each artist it wrote or confirmed
         self._ledger_lock = threading.Lock()
         self._client = client
         self._table = table_name
@@ -208,10 +219,10 @@ class MarketLoader:
         ):
             # Same list as the last successful load wrote (digest computed before the load): nothing to do.
             self.stats.add(items_unchanged=known[1], artists_skipped_unchanged=1)
-            self._remember(outcome.artist_id, known[0])
+            self._remember(outcome.artist_id, known[0], known[1])
             return
         wanted = wanted_items(outcome, self._market, self.stats)
-        digest = list_digest(wanted)
+        digest = list_digest(_hashes(wanted))
         if (
             self._previous is not None
             and outcome.artist_id not in self._untrusted
@@ -221,17 +232,20 @@ class MarketLoader:
             self.stats.add(
                 items_unchanged=len(wanted),
                 artists_skipped_unchanged=1,
-                tracks_without_popularity=sum(1 for i in wanted.values() if i.get("popularity_missing")),
+                tracks_without_popularity=_without_popularity(wanted),
             )
-            self._remember(outcome.artist_id, digest)
+            self._remember(outcome.artist_id, digest, len(wanted))
             return
         if self._previous is None or outcome.artist_id in self._previous or outcome.artist_id in self._untrusted:
             existing = self._existing_hashes(outcome.artist_id)
         else:
             existing = {}  # the ledger covers every artist with items in this market: this one has none
-        changed = {key: item for key, item in wanted.items() if existing.get(key) != item["content_hash"]}
+        changed = {key: planned for key, planned in wanted.items() if existing.get(key) != planned[2]}
         try:  # every changed item is checked before any is written: an artist is refreshed whole or not at all
-            serialized = [serialize_item(item) for item in changed.values()]
+            serialized = [
+                item_attributes(outcome.artist_id, self._market, rank, track, outcome.requested_at, digest)
+                for rank, track, digest in changed.values()
+            ]
         except ItemTooLarge as error:
             with self._oversized_lock:
                 self._oversized.append(error)
@@ -243,17 +257,19 @@ class MarketLoader:
         gone = existing.keys() - wanted.keys()
         for key in gone:
             self._writer.delete(outcome.artist_id, key)
-        self._remember(outcome.artist_id, digest)
+        self._remember(outcome.artist_id, digest, len(wanted))
         self.stats.add(
             items_unchanged=len(wanted) - len(changed),
             items_written=len(changed),
             items_deleted=len(gone),
-            tracks_without_popularity=sum(1 for item in wanted.values() if item.get("popularity_missing")),
+            tracks_without_popularity=_without_popularity(wanted),
         )
 
-    def _remember(self, artist_id: str, digest: str) -> None:
+    def _remember(self, artist_id: str, digest: str, items: int | None = None) -> None:
         with self._ledger_lock:
             self.ledger[artist_id] = digest
+            if items is not None:
+                self.item_counts[artist_id] = items
 
     def _delete_artists(self, artist_ids: list[str]) -> None:
         """Delete every item of these artists in this market (consistent reads: exact, no GSI lag)."""

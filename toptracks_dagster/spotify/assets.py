@@ -132,7 +132,7 @@ def raw_top_tracks(
                 stream,
                 plan.market,
                 listed,
-                previous[plan.market].outcomes() if previous[plan.market] else (),
+                previous[plan.market].outcomes_with_lines() if previous[plan.market] else (),
                 request,
                 planned=len(plan.fetch),
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Iterator
 
 import requests
@@ -78,7 +78,11 @@ class TopTracksOutcome:
     bytes: int = 0
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # Shallow: the JSON encoder walks the tracks itself (asdict would deep-copy every track first).
+        return {name: getattr(self, name) for name in _OUTCOME_FIELD_NAMES}
+
+
+_OUTCOME_FIELD_NAMES = tuple(f.name for f in fields(TopTracksOutcome))
 
 
 @dataclass

@@ -147,11 +147,16 @@ class RawPartition:
         return cls(market, uri, opener, request, end, requested_at)
 
     def outcomes(self) -> Iterator[TopTracksOutcome]:
+        for outcome, _ in self.outcomes_with_lines():
+            yield outcome
+
+    def outcomes_with_lines(self) -> Iterator[tuple[TopTracksOutcome, str]]:
+        """Each outcome with its line as stored, so that a merge can keep it without encoding it again."""
         with self._open() as stream:
             for line in stream:
                 record = json.loads(line)
                 if record.get("record") == "outcome":
-                    yield outcome_from_record(record)
+                    yield outcome_from_record(record), line
 
     def artist_ids(self) -> list[str]:
         return list(self.requested_at)
@@ -189,9 +194,10 @@ def _write_record(stream: IO[str], record: dict) -> None:
 class PartitionMerge:
     """Merges one market's freshly fetched outcomes into its previous partition, streaming, into `stream`.
 
-    `artist_ids`: the artist list, sorted. `previous`: the previous partition's outcomes, sorted (empty for a
-    first fetch). `push` takes fetched outcomes in artist-id order; every artist of the list between two pushes
-    keeps its previous outcome, and previous outcomes of artists no longer in the list are dropped.
+    `artist_ids`: the artist list, sorted. `previous`: the previous partition's (outcome, stored line) pairs,
+    sorted (empty for a first fetch); a kept outcome is written as its stored line. `push` takes fetched
+    outcomes in artist-id order; every artist of the list between two pushes keeps its previous outcome, and
+    previous outcomes of artists no longer in the list are dropped.
     """
 
     def __init__(
@@ -199,7 +205,7 @@ class PartitionMerge:
         stream: IO[str] | None,
         market: str,
         artist_ids: list[str],
-        previous: Iterable[TopTracksOutcome],
+        previous: Iterable[tuple[TopTracksOutcome, str]],
         request: dict,
         planned: int,
     ):
@@ -208,20 +214,22 @@ class PartitionMerge:
         self._ids = artist_ids
         self._next_id = 0
         self._previous = iter(previous)
-        self._held: TopTracksOutcome | None = next(self._previous, None)
+        self._held, self._held_line = next(self._previous, (None, ""))
         self.profile = MarketProfile(market=market, planned=planned)
         self._write({"record": "request", "format": FORMAT, "market": market, **request, "started_at": utc_now_iso()})
 
-    def _previous_for(self, artist_id: str) -> TopTracksOutcome | None:
-        """The previous outcome of `artist_id` (if any); previous outcomes of artists before it are dropped."""
+    def _previous_for(self, artist_id: str) -> tuple[TopTracksOutcome | None, str]:
+        """The previous outcome of `artist_id` and its stored line, if any; previous outcomes of artists before it
+        are dropped."""
         while self._held is not None and self._held.artist_id < artist_id:
             self._drop(self._held)
-            self._held = next(self._previous, None)
+            self._held, self._held_line = next(self._previous, (None, ""))
         if self._held is not None and self._held.artist_id == artist_id:
-            found, self._held = self._held, next(self._previous, None)
+            found, line = self._held, self._held_line
+            self._held, self._held_line = next(self._previous, (None, ""))
             self.profile.previous_tracks += len(tracks_of(found))
-            return found
-        return None
+            return found, line
+        return None, ""
 
     def _write(self, record: dict) -> None:
         if self._stream is not None:  # None: the partition is only profiled, not rewritten
@@ -236,13 +244,14 @@ class PartitionMerge:
         while self._next_id < len(self._ids) and (artist_id is None or self._ids[self._next_id] < artist_id):
             kept_id = self._ids[self._next_id]
             self._next_id += 1
-            previous = self._previous_for(kept_id)
+            previous, line = self._previous_for(kept_id)
             if previous is None:
                 self.profile.pending_new.append(kept_id)
                 continue
             self.profile.kept += 1
             self.profile._count(previous)
-            self._write({"record": "outcome", **previous.to_json()})
+            if self._stream is not None:
+                self._stream.write(line if line.endswith("\n") else line + "\n")
 
     def push(self, outcome: TopTracksOutcome) -> None:
         if outcome.market != self.market:
@@ -251,7 +260,7 @@ class PartitionMerge:
         if self._next_id >= len(self._ids) or self._ids[self._next_id] != outcome.artist_id:
             raise ValueError(f"artist {outcome.artist_id} is not next in the artist list (fetch order broken)")
         self._next_id += 1
-        previous = self._previous_for(outcome.artist_id)
+        previous, _ = self._previous_for(outcome.artist_id)
         if previous is None:
             self.profile.fetched_new += 1
         self.profile.tracks_dropped += len(track_ids_of(previous) - track_ids_of(outcome))
@@ -263,7 +272,7 @@ class PartitionMerge:
         self._keep_until(None)
         while self._held is not None:  # previous outcomes after the last listed artist
             self._drop(self._held)
-            self._held = next(self._previous, None)
+            self._held, self._held_line = next(self._previous, (None, ""))
         self._write({"record": "end", "outcomes": self.profile.outcomes, "finished_at": utc_now_iso()})
         self.profile.finish()
         return self.profile
