@@ -115,7 +115,8 @@ def verify_artists(
     read_in_full: set[str] | None = None,
 ) -> Verification:
     """Read back `artists` and compare with the raw partition; an artist absent from the raw data must have no
-    items. Streams the raw partition (memory holds at most a few batches of outcomes, never the market).
+    items. Streams the raw partition, parsing only these artists' lines (memory holds at most a few batches of
+    outcomes, never the market).
 
     Artists the load knew had no items before it (`had_no_items`: new to the market) are read back by key,
     100 items per consistent BatchGetItem: nothing else writes their items, so only what the load wrote can be
@@ -175,7 +176,7 @@ def verify_artists(
         batch: list = []
         batch_keys = 0
         seen: set[str] = set()
-        for outcome in raw.outcomes():
+        for outcome in raw.outcomes(only=artists):
             if outcome.artist_id not in artists:
                 continue
             seen.add(outcome.artist_id)

@@ -1,7 +1,8 @@
 """The load ledger and its journal: what the table holds per market, known without reading the table.
 
-`ledger.json`: each artist's list digest and item count as the last successful load left them. With it a load
-reads and writes only artists whose list changed, and an unchanged refresh touches nothing.
+`ledger.json`: each artist's list digest and item count as the last successful load left them, and the
+fingerprint of the raw partition loaded. With it a load reads and writes only artists whose list changed, and
+a load of the very partition loaded last reads neither the partition nor the table.
 `journal.json`: written before a load's first write, naming every artist that load may touch; removed once the
 new ledger is written. After a crash, the next load trusts the ledger for everyone but the journal's artists,
 whose items it reads back from the table: recovery costs what the crashed load was changing, not the market.
@@ -40,10 +41,12 @@ def _read(storage: RawStorage, key: str, identity: dict) -> dict | None:
 
 
 class Ledger:
-    """{artist_id: (digest, item count)} of one market in one table."""
+    """{artist_id: (digest, item count)} of one market in one table, and the fingerprint of the raw partition
+    that load made the table equal to ("" when unknown)."""
 
-    def __init__(self, artists: dict[str, list]):
+    def __init__(self, artists: dict[str, list], raw_fingerprint: str = ""):
         self.artists = artists
+        self.raw_fingerprint = raw_fingerprint
 
     def digests(self) -> dict[str, str]:
         return {artist: entry[0] for artist, entry in self.artists.items()}
@@ -60,14 +63,19 @@ def read_ledger(storage: RawStorage, market: str, identity: dict) -> Ledger | No
     document = _read(storage, _key(market, "ledger.json"), identity)
     if document is None or not isinstance(document.get("artists"), dict):
         return None
-    return Ledger(document["artists"])
+    return Ledger(document["artists"], str(document.get("raw_fingerprint", "")))
 
 
-def write_ledger(storage: RawStorage, market: str, identity: dict, artists: dict[str, tuple[str, int]]) -> None:
+def write_ledger(
+    storage: RawStorage, market: str, identity: dict, artists: dict[str, tuple[str, int]], raw_fingerprint: str
+) -> None:
+    document = {
+        "identity": identity,
+        "raw_fingerprint": raw_fingerprint,
+        "artists": {a: list(v) for a, v in artists.items()},
+    }
     with storage.open_for_write(_key(market, "ledger.json")) as stream:
-        json.dump(
-            {"identity": identity, "artists": {a: list(v) for a, v in artists.items()}}, stream, separators=(",", ":")
-        )
+        json.dump(document, stream, separators=(",", ":"))
 
 
 def read_journal(storage: RawStorage, market: str, identity: dict) -> set[str] | None:

@@ -82,6 +82,15 @@ def load_market(
         previous, state = None, "read (no ledger for this table)"
 
     listed = set(raw.requested_at)
+    if ledger is not None and journal is None and raw.fingerprint and ledger.raw_fingerprint == raw.fingerprint:
+        # The very partition the last successful load made the table equal to: nothing to read or write.
+        result = MarketLoadResult(market, LoadStats(), table_state="ledger (raw partition unchanged since then)")
+        result.stats.add(
+            artists=len(listed),
+            items_unchanged=ledger.total_items(),
+            artists_skipped_unchanged=len(ledger.artists),
+        )
+        return result
     if previous == {} and not untrusted:
         # Known empty: every artist is written and nothing can be deleted, so no digest is needed before the
         # load (it would build every item twice); the loader records each artist's digest as it writes.
@@ -127,7 +136,10 @@ def load_market(
             items_unchanged=sum(n for _, n in digests.values()),
             artists_skipped_unchanged=len(digests),
         )
-        return result  # nothing to write: no journal, no ledger rewrite
+        if ledger is not None and ledger.raw_fingerprint != raw.fingerprint:
+            # Nothing to write, but the ledger now vouches for this partition: the next load of it reads nothing.
+            write_ledger(storage, market, identity, {a: tuple(v) for a, v in ledger.artists.items()}, raw.fingerprint)
+        return result  # nothing to write: no journal
 
     write_journal(storage, market, identity, {ALL_ARTISTS} if previous is None else changed | removed | untrusted)
     loader = MarketLoader(
@@ -146,7 +158,7 @@ def load_market(
     for artist_id in loader.ledger:  # error outcomes keep the digest of their previous list
         if artist_id not in kept and ledger is not None and artist_id in ledger.artists:
             kept[artist_id] = tuple(ledger.artists[artist_id])
-    write_ledger(storage, market, identity, kept)
+    write_ledger(storage, market, identity, kept, raw.fingerprint)
     clear_journal(storage, market)
     return result
 
@@ -167,7 +179,7 @@ def _load_into_empty_market(
     )
     stats = loader.load(raw.outcomes())
     written = {a: (loader.ledger[a], loader.item_counts[a]) for a in loader.item_counts}
-    write_ledger(storage, market, identity, written)
+    write_ledger(storage, market, identity, written, raw.fingerprint)
     clear_journal(storage, market)
     return MarketLoadResult(market, stats, changed_artists=set(written), table_state=state, had_no_items=set(written))
 

@@ -8,6 +8,7 @@ published under its key, so the previous version stays current until the new one
 # No `from __future__ import annotations`: Dagster must see `ResourceDependency[S3Resource]` as a type, not a
 # string, or S3RawStorage(s3=S3Resource(...)) fails validation.
 
+import hashlib
 import os
 import re
 import tempfile
@@ -79,6 +80,11 @@ class RawStorage(ConfigurableResource, ABC):
         """Where the object lives, for metadata."""
 
     @abstractmethod
+    def fingerprint(self, key: str) -> str:
+        """What changes whenever the object's content does (RawObjectMissing when there is none): lets a reader
+        trust what it derived from the object earlier without reading it again."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
 
@@ -96,6 +102,14 @@ class LocalRawStorage(RawStorage):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def fingerprint(self, key: str) -> str:
+        # A hash of the bytes (~40 ms for a 10 MB partition here): exact, whoever wrote the file.
+        try:
+            with self._path(key).open("rb") as stream:
+                return "sha256:" + hashlib.file_digest(stream, "sha256").hexdigest()
+        except FileNotFoundError:
+            raise RawObjectMissing(f"raw object {self._path(key)} does not exist") from None
 
     def _temp_file(self, path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +173,17 @@ class S3RawStorage(RawStorage):
 
     def delete(self, key: str) -> None:
         self.s3.get_client().delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def fingerprint(self, key: str) -> str:
+        # The ETag changes with every upload of new content: one HEAD request, not a download.
+        client = self.s3.get_client()
+        try:
+            head = client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except client.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise RawObjectMissing(f"raw object {self.uri(key)} does not exist") from None
+            raise
+        return f"etag:{head['ETag'].strip(chr(34))}:{head.get('ContentLength', 0)}"
 
     def _pending(self, key: str) -> PendingObject:
         fd, name = tempfile.mkstemp(suffix=".jsonl")

@@ -32,6 +32,7 @@ from toptracks_dagster.spotify.budget import (
 )
 from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_freshness_bound, evaluate_raw_checks
 from toptracks_dagster.spotify.client import FATAL_ERRORS, SpotifyBudgetExhausted, SpotifyError, SpotifyUnreachable
+from toptracks_dagster.spotify.profile import MarketProfile
 from toptracks_dagster.spotify.raw import (
     PartitionMerge,
     RawPartition,
@@ -112,7 +113,14 @@ def raw_top_tracks(
     with ExitStack() as cleanup:
         merges: dict[str, PartitionMerge] = {}
         pending = {}
+        indexed = {}  # unchanged markets whose index has the profile: nothing to stream at all
         for plan in plans:
+            partition = previous[plan.market]
+            if plan.market in unchanged and partition.summary is not None:
+                indexed[plan.market] = MarketProfile.of_unchanged(
+                    plan.market, partition.summary, partition.requested_at
+                )
+                continue
             if plan.market in unchanged:
                 stream = None  # profiled for the checks, not rewritten
             else:
@@ -143,7 +151,7 @@ def raw_top_tracks(
                 # Pairs the cap left unfetched keep their previous outcome: the run stands for what it fetched.
                 merge.profile.unfetched = merge.profile.planned - merge.profile.fetched
                 merge.profile.planned = merge.profile.fetched
-        profiles = {market: merge.finish() for market, merge in merges.items()}
+        profiles = {**indexed, **{market: merge.finish() for market, merge in merges.items()}}
 
     now = utc_now_iso()
     checks = {}
@@ -151,9 +159,10 @@ def raw_top_tracks(
         market = plan.market
         profile = profiles[market]
         verify_error = None
+        written = None
         try:
             if market not in unchanged:  # an unchanged partition was verified when it was opened
-                RawPartition.from_pending(pending[market], market)
+                written = RawPartition.from_pending(pending[market], market)
         except RawPartitionIncomplete as error:
             verify_error = str(error)
         base = {"market": market, "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market)))}
@@ -161,7 +170,10 @@ def raw_top_tracks(
         checks[market].append(evaluate_freshness_bound(profile, base, now, budget.bound_days))
         blocked = failed_blocking(checks[market], RAW_CHECK_SPECS)
         if market in unchanged:
-            pass  # nothing was written aside: the current partition stays, whatever its checks say now
+            # Nothing was written aside: the current partition stays, whatever its checks say now. Its index is
+            # written once if it had none, so that the next unchanged run reads no partition at all.
+            if market not in indexed:
+                previous[market].write_index(raw_storage, profile.summary())
         elif blocked:
             pending[market].discard()
             context.log.error(
@@ -170,6 +182,8 @@ def raw_top_tracks(
             )
         else:
             pending[market].publish()
+            written.fingerprint = raw_storage.fingerprint(raw_partition_key(market))
+            written.write_index(raw_storage, profile.summary())
         context.add_asset_metadata(
             {
                 **_metadata(

@@ -80,16 +80,36 @@ class MarketProfile:
             for e, a, t in sorted(self.oldest_heap, reverse=True)
         ]
 
+    # The numbers of a whole partition that its index keeps (partition_index.py), so that an unchanged
+    # partition's checks and metadata need no parse of it.
+    SUMMARY_FIELDS = ("outcomes", "with_tracks", "not_found", "tracks", "popularity_sum", "top_preview")
+
+    def summary(self) -> dict:
+        return {name: getattr(self, name) for name in self.SUMMARY_FIELDS}
+
+    @classmethod
+    def of_unchanged(cls, market: str, summary: dict, requested_at: dict[str, str]) -> "MarketProfile":
+        """The profile of a partition this run keeps as it is: every outcome kept, nothing fetched."""
+        profile = cls(market=market, **{name: summary[name] for name in cls.SUMMARY_FIELDS})
+        profile.kept, profile.previous_tracks = profile.outcomes, profile.tracks
+        for artist_id, fetched_at in requested_at.items():
+            profile._note_fetched_at(artist_id, fetched_at)
+        return profile
+
+    def _note_fetched_at(self, artist_id: str, requested_at: str) -> None:
+        if not requested_at:
+            return
+        fetched = parse_iso(requested_at).timestamp()
+        self.fetched_epochs.append(fetched)
+        entry = (-fetched, artist_id, requested_at)
+        if len(self.oldest_heap) < SAMPLE_SIZE:
+            heapq.heappush(self.oldest_heap, entry)
+        elif entry > self.oldest_heap[0]:
+            heapq.heapreplace(self.oldest_heap, entry)
+
     def _count(self, outcome: TopTracksOutcome) -> None:
         self.outcomes += 1
-        if outcome.requested_at:
-            fetched = parse_iso(outcome.requested_at).timestamp()
-            self.fetched_epochs.append(fetched)
-            entry = (-fetched, outcome.artist_id, outcome.requested_at)
-            if len(self.oldest_heap) < SAMPLE_SIZE:
-                heapq.heappush(self.oldest_heap, entry)
-            elif entry > self.oldest_heap[0]:
-                heapq.heapreplace(self.oldest_heap, entry)
+        self._note_fetched_at(outcome.artist_id, outcome.requested_at)
         if outcome.status == 404:
             self.not_found += 1
             return

@@ -16,6 +16,7 @@ blocking checks: the merge is written aside (`RawStorage.write_aside`), verified
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 from typing import IO, Iterable, Iterator
 
@@ -26,12 +27,16 @@ from toptracks_dagster.raw_storage.resources import (
     RawStorage,
 )
 from toptracks_dagster.spotify.client import TopTracksOutcome
+from toptracks_dagster.spotify.partition_index import read_index, write_index
 from toptracks_dagster.spotify.profile import MAX_TRACKS, MarketProfile, track_ids_of, tracks_of
 
 __all__ = ["MAX_TRACKS", "MarketProfile", "PartitionMerge", "RawPartition", "RawPartitionIncomplete"]
 
 FORMAT = 2
 _OUTCOME_FIELDS = {f.name for f in fields(TopTracksOutcome)}
+# How every outcome line this module writes begins: lets a reader that wants a few artists skip the others'
+# lines without parsing them. A line that does not match is parsed.
+_OUTCOME_PREFIX = re.compile(r'\{"record":"outcome","artist_id":"([^"\\]*)"')
 
 
 class RawPartitionIncomplete(RuntimeError):
@@ -60,28 +65,68 @@ class RawPartition:
     `requested_at` (ids and timestamps only, never tracks) for refresh planning.
     """
 
-    def __init__(self, market: str, uri: str, opener, request: dict, end: dict, requested_at: dict[str, str]):
+    def __init__(
+        self,
+        market: str,
+        uri: str,
+        opener,
+        request: dict,
+        end: dict,
+        requested_at: dict[str, str],
+        fingerprint: str = "",
+        summary: dict | None = None,
+    ):
         self.market = market
         self.uri = uri
         self._open = opener
         self.request = request
         self.end = end
         self.requested_at = requested_at
+        self.fingerprint = fingerprint  # RawStorage.fingerprint of the object, "" for one not published yet
+        self.summary = summary  # the profile's whole-partition numbers, when read from a matching index
 
     @classmethod
     def open(cls, storage: RawStorage, market: str) -> "RawPartition":
-        """The market's current partition; RawObjectMissing when it has none yet."""
+        """The market's current partition; RawObjectMissing when it has none yet.
+
+        With an index whose fingerprint matches (partition_index.py), nothing of the partition is parsed: it is
+        the object that was verified and checked before it was published. Otherwise every line is verified.
+        """
         key = raw_partition_key(market)
         try:
-            return cls._verified(market, storage.uri(key), lambda: storage.open_for_read(key))
+            return cls._indexed_or_verified(storage, market)
         except RawObjectMissing:
             pass
         if _migrate_legacy(storage, market):
-            return cls._verified(market, storage.uri(key), lambda: storage.open_for_read(key))
+            return cls._indexed_or_verified(storage, market)
         raise RawObjectMissing(
             f"raw top tracks for market {market} not found at {storage.uri(key)}: "
             "materialize `raw_top_tracks` for this partition first"
         )
+
+    @classmethod
+    def _indexed_or_verified(cls, storage: RawStorage, market: str) -> "RawPartition":
+        key = raw_partition_key(market)
+        fingerprint = storage.fingerprint(key)
+        index = read_index(storage, market, fingerprint)
+        if index is not None:
+            return cls(
+                market,
+                storage.uri(key),
+                lambda: storage.open_for_read(key),
+                index["request"],
+                index["end"],
+                index["requested_at"],
+                fingerprint,
+                index["summary"],
+            )
+        partition = cls._verified(market, storage.uri(key), lambda: storage.open_for_read(key))
+        partition.fingerprint = fingerprint
+        return partition
+
+    def write_index(self, storage: RawStorage, summary: dict) -> None:
+        """Record this published partition's index (its fingerprint must be the published object's)."""
+        write_index(storage, self.market, self.fingerprint, self.request, self.end, self.requested_at, summary)
 
     @classmethod
     def open_or_none(cls, storage: RawStorage, market: str) -> "RawPartition | None":
@@ -146,14 +191,19 @@ class RawPartition:
             raise refuse(f"the end record counts {end.get('outcomes')} outcomes, the object holds {len(requested_at)}")
         return cls(market, uri, opener, request, end, requested_at)
 
-    def outcomes(self) -> Iterator[TopTracksOutcome]:
-        for outcome, _ in self.outcomes_with_lines():
+    def outcomes(self, only: set[str] | None = None) -> Iterator[TopTracksOutcome]:
+        """The outcomes in artist order; `only`: just these artists' (the other lines are skipped unparsed)."""
+        for outcome, _ in self.outcomes_with_lines(only):
             yield outcome
 
-    def outcomes_with_lines(self) -> Iterator[tuple[TopTracksOutcome, str]]:
+    def outcomes_with_lines(self, only: set[str] | None = None) -> Iterator[tuple[TopTracksOutcome, str]]:
         """Each outcome with its line as stored, so that a merge can keep it without encoding it again."""
         with self._open() as stream:
             for line in stream:
+                if only is not None:
+                    prefix = _OUTCOME_PREFIX.match(line)
+                    if prefix is not None and prefix.group(1) not in only:
+                        continue
                 record = json.loads(line)
                 if record.get("record") == "outcome":
                     yield outcome_from_record(record), line
