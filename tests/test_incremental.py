@@ -158,6 +158,16 @@ def test_due_mode_fetches_new_artists_and_aged_lists_only(prod_env, artists_tabl
         verdicts = {k: e.passed for k, e in check_results(loaded).items() if k[0].startswith("raw_")}
         assert {k: e.passed for k, e in check_results(result).items() if k[0].startswith("raw_")} == verdicts
         assert stamps() == first
+        # Neither step parsed the partitions: the raw step took its numbers from the index written at publish
+        # time, the load saw the fingerprint its ledger recorded. The numbers are the ones the full parse gave.
+        parsed = partition_metadata(loaded, "raw_top_tracks")
+        same = ("artists", "artists_with_tracks", "artists_not_found_404", "tracks", "mean_popularity")
+        assert {m: [v[k] for k in same] for m, v in raw.items()} == {m: [v[k] for k in same] for m, v in parsed.items()}
+        table = partition_metadata(result, "top_tracks")
+        assert all("raw partition unchanged" in v["table_state"] and v["read_requests"] == 0 for v in table.values())
+        assert {m: v["dagster/row_count"] for m, v in table.items()} == {
+            m: v["dagster/row_count"] for m, v in partition_metadata(loaded, "top_tracks").items()
+        }
 
         artists_table.add(*ids[8:])
         before = _requests(emulator)
@@ -218,3 +228,29 @@ def test_sensor_never_launches_twice_and_relaunches_a_failed_change(
         assert run_request(retry.run_requests[0], instance).success
         assert instance.get_run_by_id(failed.run_id).status == DagsterRunStatus.FAILURE
     _exact(ddb, prod_env, emulator, some_artist_ids[:6])
+
+
+def test_a_raw_partition_edited_by_hand_is_read_again_not_trusted_from_its_index(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
+    """The index and the ledger vouch for one exact partition (its fingerprint). A valid edit made by hand after
+    publishing changes the fingerprint: the load parses the partition again and writes the edit."""
+    from dagster import materialize
+
+    from tests.helpers import ALL_ASSETS
+    from toptracks_dagster.deployments import build_resources
+
+    artists_table.set_ids(some_artist_ids[:6])
+    raw_file = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
+    with instance_for_test() as instance:
+        run_all_markets(instance)
+        assert (raw_file.parent / "index.json").exists()
+        records = [json.loads(line) for line in raw_file.read_text().splitlines()]
+        edited = next(r for r in records if r.get("record") == "outcome" and r.get("tracks"))
+        edited["tracks"][0]["name"] = "Renamed by hand"
+        raw_file.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        result = materialize([ALL_ASSETS[2]], partition_key="US", resources=build_resources("prod"), instance=instance)
+    table = partition_metadata(result, "top_tracks")["US"]
+    assert "unchanged" not in table["table_state"] and table["items_written"] == 1, table
+    item = scan_table(ddb, prod_env["TOPTRACKS_TABLE"])[(edited["artist_id"], f"US#{edited['tracks'][0]['id']}")]
+    assert item["name"] == "Renamed by hand"

@@ -95,6 +95,7 @@ def test_corrupt_middle_line_is_refused_before_any_write_naming_file_line_and_ma
         path = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
         # A raw partition whose first artist changed and whose middle line is broken.
         materialize(ALL_ASSETS[:2], partition_key="US", resources=build_resources("prod"), instance=instance)
+        assert (path.parent / "index.json").exists()  # its index vouches only for the partition as published
         lines = path.read_text().splitlines()
         lines[5] = lines[5][: len(lines[5]) // 2]
         path.write_text("\n".join(lines) + "\n")

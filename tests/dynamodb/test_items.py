@@ -4,6 +4,7 @@ duplicates, popularity, and a table with another schema."""
 from __future__ import annotations
 
 import copy
+import json
 from decimal import Decimal
 
 import pytest
@@ -23,6 +24,7 @@ from toptracks_dagster.dynamodb.items import (
     build_item,
     content_hash,
     item_attributes,
+    item_json,
     item_size,
     serialize_item,
 )
@@ -249,6 +251,7 @@ def test_the_load_builds_the_same_wire_item_as_boto3_in_one_pass(catalog, artist
     item = build_item(artist_id, "US", 3, track, T0)
     wire = {k: TypeSerializer().serialize(v) for k, v in item.items()}
     assert item_attributes(artist_id, "US", 3, track, T0, item["content_hash"]) == wire
+    assert json.loads(item_json(artist_id, "US", 3, track, T0, item["content_hash"])) == wire
     assert wire["popularity_missing"] == {"BOOL": True} and wire["energy"] == {"N": "1E-7"}
     with pytest.raises(ValueError, match="38 digits"):
         item_attributes(artist_id, "US", 3, {**track, "big": 10**40}, T0, item["content_hash"])

@@ -131,10 +131,22 @@ def attribute_value(value: Any) -> dict:
 
 
 def item_attributes(artist_id: str, market: str, rank: int, track: dict, fetched_at: str, digest: str) -> dict:
-    """serialize_item(build_item(...)) in one pass, with the content hash already computed: what a load sends.
+    """serialize_item(build_item(...)) in one pass, with the content hash already computed.
 
     Raises ItemTooLarge above DynamoDB's item limit.
     """
+    item = _attributes(artist_id, market, rank, track, fetched_at, digest)
+    _encode_within_limit(item)
+    return item
+
+
+def item_json(artist_id: str, market: str, rank: int, track: dict, fetched_at: str, digest: str) -> str:
+    """item_attributes as the JSON a load sends (BatchWriter.put_encoded): encoded once, for the size check
+    and the request body both. Raises ItemTooLarge above DynamoDB's item limit."""
+    return _encode_within_limit(_attributes(artist_id, market, rank, track, fetched_at, digest))
+
+
+def _attributes(artist_id: str, market: str, rank: int, track: dict, fetched_at: str, digest: str) -> dict:
     item = {k: attribute_value(v) for k, v in track.items() if k not in PIPELINE_ATTRIBUTES and not _is_empty_set(v)}
     popularity = gsi_popularity(track.get("popularity"))
     if popularity is None:  # as build_item: 0, flagged, so that the item stays in the GSI
@@ -151,35 +163,41 @@ def item_attributes(artist_id: str, market: str, rank: int, track: dict, fetched
             "content_hash": {"S": digest},
         }
     )
-    return _within_item_limit(item)
+    return item
 
 
 def serialize_item(item: dict) -> dict:
-    return _within_item_limit({k: attribute_value(v) for k, v in item.items()})
+    serialized = {k: attribute_value(v) for k, v in item.items()}
+    _encode_within_limit(serialized)
+    return serialized
 
 
-def _within_item_limit(serialized: dict) -> dict:
-    # The compact JSON of an item is never smaller than DynamoDB's count of its size (every value's JSON spells
-    # its bytes plus type and punctuation), so only an item whose JSON is above the limit is measured exactly.
+def _encode_within_limit(serialized: dict) -> str:
+    """The item's compact JSON ("" for binary values, which JSON cannot carry); raises ItemTooLarge.
+
+    The compact JSON of an item is never smaller than DynamoDB's count of its size (every value's JSON spells
+    its bytes plus type and punctuation), and a character is at most 4 bytes: only an item whose JSON might be
+    above the limit is measured exactly.
+    """
     try:
-        text_bytes = len(json.dumps(serialized, ensure_ascii=False, separators=(",", ":")).encode())
-    except TypeError:  # binary values: measured exactly
-        text_bytes = MAX_ITEM_BYTES + 1
-    if text_bytes <= MAX_ITEM_BYTES:
-        return serialized
+        text = json.dumps(serialized, ensure_ascii=False, separators=(",", ":"))
+    except TypeError:
+        text = ""
+    if text and (len(text) * 4 <= MAX_ITEM_BYTES or len(text.encode()) <= MAX_ITEM_BYTES):
+        return text
     size = item_size(serialized)
     if size > MAX_ITEM_BYTES:
-        item = {PARTITION_KEY: serialized[PARTITION_KEY]["S"], SORT_KEY: serialized[SORT_KEY]["S"]}
         largest = sorted(((len(k.encode()) + _value_size(v), k) for k, v in serialized.items()), reverse=True)[:3]
+        artist_id, key = serialized[PARTITION_KEY]["S"], serialized[SORT_KEY]["S"]
         raise ItemTooLarge(
-            f"item artist_id={item[PARTITION_KEY]} {SORT_KEY}={item[SORT_KEY]} is {size:,} bytes, above DynamoDB's "
+            f"item artist_id={artist_id} {SORT_KEY}={key} is {size:,} bytes, above DynamoDB's "
             f"item limit of {MAX_ITEM_BYTES:,} bytes (400 KB); largest attributes: "
             + ", ".join(f"{name} {nbytes:,} B" for nbytes, name in largest),
-            artist_id=item[PARTITION_KEY],
-            key=item[SORT_KEY],
+            artist_id=artist_id,
+            key=key,
             size=size,
         )
-    return serialized
+    return text
 
 
 def item_size(serialized: dict) -> int:

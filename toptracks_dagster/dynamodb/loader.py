@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 from toptracks_dagster.dynamodb.items import (
     content_hash,
     gsi_popularity,
-    item_attributes,
+    item_json,
     list_digest,
     valid_track_id,
 )
@@ -242,9 +242,9 @@ class MarketLoader:
             existing = {}  # the ledger covers every artist with items in this market: this one has none
         changed = {key: planned for key, planned in wanted.items() if existing.get(key) != planned[2]}
         try:  # every changed item is checked before any is written: an artist is refreshed whole or not at all
-            serialized = [
-                item_attributes(outcome.artist_id, self._market, rank, track, outcome.requested_at, digest)
-                for rank, track, digest in changed.values()
+            encoded = [
+                (key, item_json(outcome.artist_id, self._market, rank, track, outcome.requested_at, digest))
+                for key, (rank, track, digest) in changed.items()
             ]
         except ItemTooLarge as error:
             with self._oversized_lock:
@@ -252,8 +252,8 @@ class MarketLoader:
             self.stats.add(artists_with_oversized_items=1)
             self._log(str(error))
             return
-        for item in serialized:
-            self._writer.put(item)
+        for key, item in encoded:
+            self._writer.put_encoded(outcome.artist_id, key, item)
         gone = existing.keys() - wanted.keys()
         for key in gone:
             self._writer.delete(outcome.artist_id, key)

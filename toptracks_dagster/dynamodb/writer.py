@@ -65,18 +65,32 @@ def _swap_in_prebuilt_body(params: dict, **_) -> None:
 
 def batch_write_item(client, request_items: dict) -> dict:
     """BatchWriteItem with its body encoded by json.dumps (items as DynamoDB attribute values); the response is
-    botocore's, UnprocessedItems included. Were the hook ever skipped, the call would send the placeholder, an
-    item without keys, which DynamoDB refuses (ValidationException): nothing is written silently wrong."""
+    botocore's, UnprocessedItems included."""
+    body = {"RequestItems": request_items, "ReturnConsumedCapacity": "TOTAL"}
+    return _send_body(client, list(request_items), json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+
+
+def _batch_body(table: str, request_texts: list[str]) -> str:
+    """The BatchWriteItem body for requests already encoded as JSON, joined as text."""
+    return f'{{"RequestItems":{{{json.dumps(table)}:[{",".join(request_texts)}]}},"ReturnConsumedCapacity":"TOTAL"}}'
+
+
+def _send_body(client, tables: list[str], body: str) -> dict:
+    """Were the hook ever skipped, the call would send the placeholder, an item without keys, which DynamoDB
+    refuses (ValidationException): nothing is written silently wrong."""
     client.meta.events.register(
         "before-call.dynamodb.BatchWriteItem", _swap_in_prebuilt_body, unique_id="toptracks-prebuilt-body"
     )
-    body = {"RequestItems": request_items, "ReturnConsumedCapacity": "TOTAL"}
-    _PREBUILT_BODY.body = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    _PREBUILT_BODY.body = body.encode()
     try:
-        placeholder = {table: [{"PutRequest": {"Item": {}}}] for table in request_items}
+        placeholder = {table: [{"PutRequest": {"Item": {}}}] for table in tables}
         return client.batch_write_item(RequestItems=placeholder, ReturnConsumedCapacity="TOTAL")
     finally:
         _PREBUILT_BODY.body = None
+
+
+def _encoded(request: dict) -> str:
+    return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
 
 
 def _capacity(response: dict) -> float:
@@ -111,7 +125,7 @@ class BatchWriter:
         self._base_delay_s = base_delay_s
         self._max_delay_s = max_delay_s
         self._lock = threading.Lock()
-        self._pending: list[dict] = []
+        self._pending: list[str] = []  # write requests encoded as JSON
         self._pending_keys: set[tuple[str, str]] = set()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="dynamodb-write")
         self._slots = threading.BoundedSemaphore(concurrency * 2)  # bounds memory: batches queued or in flight
@@ -120,12 +134,17 @@ class BatchWriter:
 
     def put(self, serialized_item: dict) -> None:
         key = (serialized_item[PARTITION_KEY]["S"], serialized_item[SORT_KEY]["S"])
-        self._add({"PutRequest": {"Item": serialized_item}}, key)
+        self._add(_encoded({"PutRequest": {"Item": serialized_item}}), key)
+
+    def put_encoded(self, artist_id: str, country_track_id: str, item_json: str) -> None:
+        """An item already encoded as DynamoDB JSON (items.item_json): encoded once, sized and sent as is."""
+        self._add(f'{{"PutRequest":{{"Item":{item_json}}}}}', (artist_id, country_track_id))
 
     def delete(self, artist_id: str, country_track_id: str) -> None:
-        self._add({"DeleteRequest": {"Key": _key(artist_id, country_track_id)}}, (artist_id, country_track_id))
+        request = {"DeleteRequest": {"Key": _key(artist_id, country_track_id)}}
+        self._add(_encoded(request), (artist_id, country_track_id))
 
-    def _add(self, request: dict, key: tuple[str, str]) -> None:
+    def _add(self, request: str, key: tuple[str, str]) -> None:
         batch = None
         with self._lock:
             # Two requests for one key in a batch make DynamoDB reject the whole batch: cut the batch first.
@@ -136,11 +155,11 @@ class BatchWriter:
         if batch:
             self._submit(batch)
 
-    def _take_pending(self) -> list[dict]:
+    def _take_pending(self) -> list[str]:
         batch, self._pending, self._pending_keys = self._pending, [], set()
         return batch
 
-    def _submit(self, batch: list[dict]) -> None:
+    def _submit(self, batch: list[str]) -> None:
         self._slots.acquire()
         try:
             future = self._pool.submit(self._send, batch)
@@ -160,14 +179,14 @@ class BatchWriter:
         # Exponential backoff with full jitter (AWS's advice for UnprocessedItems and throttling).
         return random.uniform(0, min(self._max_delay_s, self._base_delay_s * 2**attempt))
 
-    def _send(self, batch: list[dict]) -> None:
-        requests = {self._table: batch}
+    def _send(self, batch: list[str]) -> None:
+        requests = batch
         detail = ""
         for attempt in range(self._max_retries + 1):
             if attempt:
                 time.sleep(self._delay(attempt - 1))
             try:
-                response = batch_write_item(self._client, requests)
+                response = _send_body(self._client, [self._table], _batch_body(self._table, requests))
             except ClientError as error:
                 info = error.response.get("Error", {})
                 code = info.get("Code", "ClientError")
@@ -194,16 +213,15 @@ class BatchWriter:
                 consumed_write_capacity=_capacity(response),
                 sdk_retries=response.get("ResponseMetadata", {}).get("RetryAttempts", 0),
             )
-            requests = response.get("UnprocessedItems") or {}
+            requests = [_encoded(r) for r in (response.get("UnprocessedItems") or {}).get(self._table, [])]
             if not requests:
                 return
-            left = sum(len(v) for v in requests.values())
+            left = len(requests)
             detail = f"{left} item(s) still in UnprocessedItems"
             self._stats.add(unprocessed_items=left)
             if attempt < self._max_retries:
                 self._stats.add(unprocessed_retries=1)
-        left = sum(len(v) for v in requests.values())
-        self._record_failure(left, f"{detail} (after {self._max_retries} resend(s) at most)")
+        self._record_failure(len(requests), f"{detail} (after {self._max_retries} resend(s) at most)")
 
     def _record_failure(self, count: int, detail: str) -> None:
         with self._lock:
