@@ -74,6 +74,7 @@ def emit_check_results(
     """
     specs = {spec.name: spec for spec in context.assets_def.check_specs}
     single = len(outcomes) == 1 and (next(iter(outcomes)) is None or context.has_partition_key)
+    targets: dict = {}  # one lookup per (asset, partition), not one per check: each is a query of the instance
     for partition, results in outcomes.items():
         for outcome in results:
             spec = specs[outcome.name]
@@ -88,11 +89,13 @@ def emit_check_results(
             if single:
                 yield AssetCheckResult(**fields)
                 continue
+            if (spec.asset_key, partition) not in targets:
+                targets[(spec.asset_key, partition)] = target_materialization(context, spec.asset_key, partition)
             yield AssetCheckEvaluation(
                 **fields,
                 blocking=spec.blocking,
                 partition=partition,
-                target_materialization_data=target_materialization(context, spec.asset_key, partition),
+                target_materialization_data=targets[(spec.asset_key, partition)],
             )
     if not single:
         for output_name in context.assets_def.check_specs_by_output_name:

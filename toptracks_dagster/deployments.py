@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 from dagster import EnvVar
-from dagster_aws.s3 import S3Resource
 
 from toptracks_dagster import config
 from toptracks_dagster.artists_db.resources import (
@@ -16,7 +15,7 @@ from toptracks_dagster.artists_db.resources import (
     SQLiteArtistsDatabase,
 )
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
-from toptracks_dagster.raw_storage.resources import LocalRawStorage, S3RawStorage
+from toptracks_dagster.raw_storage.resources import LocalRawStorage, RawStorage
 from toptracks_dagster.spotify.resources import SpotifyResource
 
 
@@ -84,7 +83,7 @@ def _prod_resources() -> dict:
     password = EnvVar("MYSQL_PASSWORD") if not iam_auth and config.is_set("MYSQL_PASSWORD") else None
     bucket = config.env("TOPTRACKS_RAW_S3_BUCKET")
     raw_storage = (
-        S3RawStorage(s3=S3Resource(region_name=config.region()), bucket=bucket)
+        _s3_raw_storage(bucket)
         if bucket
         else LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR))
     )
@@ -105,3 +104,12 @@ def _prod_resources() -> dict:
         "dynamodb": _dynamodb(None),
         "raw_storage": raw_storage,
     }
+
+
+def _s3_raw_storage(bucket: str) -> RawStorage:
+    # Imported here: only a deployment that keeps raw data in S3 pays for importing dagster-aws.
+    from dagster_aws.s3 import S3Resource
+
+    from toptracks_dagster.raw_storage.s3 import S3RawStorage
+
+    return S3RawStorage(s3=S3Resource(region_name=config.region()), bucket=bucket)

@@ -9,7 +9,7 @@ import yaml
 
 from tests.production.aws import EXECUTION_ROLE_POLICY, REPO, RUN_ROLE_POLICY, policy_actions, render_policy
 from toptracks_dagster.dynamodb.table import GSI_NAME
-from toptracks_dagster.raw_storage.resources import S3RawStorage
+from toptracks_dagster.raw_storage.s3 import S3RawStorage
 
 LAUNCHER_ROLE_POLICY = REPO / "deploy" / "iam" / "launcher-role-policy.json"
 POLICIES = [RUN_ROLE_POLICY, EXECUTION_ROLE_POLICY, LAUNCHER_ROLE_POLICY]

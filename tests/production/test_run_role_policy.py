@@ -26,7 +26,7 @@ from tests.production.aws import (
 )
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.table import GSI_NAME
-from toptracks_dagster.raw_storage.resources import S3RawStorage
+from toptracks_dagster.raw_storage.s3 import S3RawStorage
 
 CHECKS: list = []  # every check of the refresh runs inside its asset's step
 MARKET = "US"

@@ -3,10 +3,8 @@
 Writers are atomic (a reader never sees a half-written object) and streamed (nothing is held in memory).
 `write_aside` goes one step further: the object is written and can be read back and checked before it is
 published under its key, so the previous version stays current until the new one has passed.
+The S3 implementation is in raw_storage/s3.py, imported only by a deployment that uses it.
 """
-
-# No `from __future__ import annotations`: Dagster must see `ResourceDependency[S3Resource]` as a type, not a
-# string, or S3RawStorage(s3=S3Resource(...)) fails validation.
 
 import hashlib
 import os
@@ -17,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-from dagster import ConfigurableResource, ResourceDependency
-from dagster_aws.s3 import S3Resource
+from dagster import ConfigurableResource
 from pydantic import Field
 
 from toptracks_dagster.common import process_alive
@@ -156,63 +153,3 @@ def _remove_orphaned_temp_files(directory: Path) -> None:
         match = _TEMP_NAME_RE.match(entry.name)
         if match and not process_alive(int(match.group(1))):
             entry.unlink(missing_ok=True)
-
-
-class S3RawStorage(RawStorage):
-    """An S3 bucket through dagster-aws's S3Resource (TOPTRACKS_RAW_S3_BUCKET)."""
-
-    s3: ResourceDependency[S3Resource]
-    bucket: str
-    prefix: str = Field(default="toptracks/raw")
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix.strip('/')}/{key}" if self.prefix.strip("/") else key
-
-    def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
-
-    def delete(self, key: str) -> None:
-        self.s3.get_client().delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def fingerprint(self, key: str) -> str:
-        # The ETag changes with every upload of new content: one HEAD request, not a download.
-        client = self.s3.get_client()
-        try:
-            head = client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except client.exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise RawObjectMissing(f"raw object {self.uri(key)} does not exist") from None
-            raise
-        return f"etag:{head['ETag'].strip(chr(34))}:{head.get('ContentLength', 0)}"
-
-    def _pending(self, key: str) -> PendingObject:
-        fd, name = tempfile.mkstemp(suffix=".jsonl")
-        os.close(fd)
-
-        def publish(path: Path) -> None:
-            self.s3.get_client().upload_file(str(path), self.bucket, self._key(key))
-            path.unlink(missing_ok=True)
-
-        return PendingObject(Path(name), publish, self.uri(key))
-
-    @contextmanager
-    def open_for_write(self, key: str) -> Iterator[IO[str]]:
-        # Spool to a local temp file, then upload_file: multipart, streamed, and nothing lands on failure.
-        with tempfile.NamedTemporaryFile("w+", encoding="utf-8", suffix=".json") as spool:
-            yield spool
-            spool.flush()
-            self.s3.get_client().upload_file(spool.name, self.bucket, self._key(key))
-
-    @contextmanager
-    def open_for_read(self, key: str) -> Iterator[IO[str]]:
-        client = self.s3.get_client()
-        with tempfile.NamedTemporaryFile("w+b", suffix=".json") as spool:
-            try:
-                client.download_fileobj(self.bucket, self._key(key), spool)
-            except client.exceptions.ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                    raise RawObjectMissing(f"raw object {self.uri(key)} does not exist") from None
-                raise
-            spool.flush()
-            with open(spool.name, encoding="utf-8") as stream:
-                yield stream
