@@ -35,7 +35,8 @@ from toptracks_dagster.dynamodb.table import (
     TableSchemaMismatch,
     ensure_table,
 )
-from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats, batch_write_item
+from toptracks_dagster.dynamodb.wire import batch_write_item
+from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats
 from toptracks_dagster.spotify.client import TopTracksOutcome
 
 
@@ -275,3 +276,50 @@ def test_a_prebuilt_batch_body_round_trips_and_without_it_nothing_is_written(ddb
     )
     with pytest.raises(ClientError, match="ValidationException"):
         ddb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": {}}}]})
+
+
+def test_items_parsed_by_json_equal_botocores_parse(ddb, table, catalog, artist_ids, dynamodb_local_endpoint):
+    """A client with parse_items_with_json returns the very dicts botocore's own parser returns, for Query,
+    GetItem, BatchGetItem and Scan, paging included; an answer with a binary value is left to botocore."""
+    from tests.conftest import dynamodb_client
+    from toptracks_dagster.dynamodb.wire import parse_items_with_json
+
+    ids = [a for a in artist_ids if catalog.top_tracks(a, "US")][:3]
+    outs = outcomes(catalog, ids, "US", T0)
+    outs[0].tracks[0]["tempo"] = 120.5
+    load(ddb, table, "US", outs)
+    ddb.put_item(
+        TableName=table,
+        Item={
+            "artist_id": {"S": "binary"},
+            "country_track_id": {"S": "US#x"},
+            "country": {"S": "US"},
+            "popularity": {"N": "1"},
+            "blob": {"B": b"\x00\x01"},
+        },
+    )
+    fast = dynamodb_client(dynamodb_local_endpoint)
+    parse_items_with_json(fast)
+    key = {"artist_id": {"S": ids[0]}, "country_track_id": {"S": f"US#{outs[0].tracks[0]['id']}"}}
+    calls = [
+        (
+            "query",
+            {
+                "TableName": table,
+                "KeyConditionExpression": "artist_id = :a",
+                "ExpressionAttributeValues": {":a": {"S": ids[0]}},
+                "Limit": 3,
+                "ConsistentRead": True,
+            },
+        ),
+        ("get_item", {"TableName": table, "Key": key, "ConsistentRead": True}),
+        ("batch_get_item", {"RequestItems": {table: {"Keys": [key], "ConsistentRead": True}}}),
+        ("scan", {"TableName": table, "ConsistentRead": True}),
+        ("get_item", {"TableName": table, "Key": {"artist_id": {"S": "binary"}, "country_track_id": {"S": "US#x"}}}),
+    ]
+    for operation, params in calls:
+        mine, theirs = getattr(fast, operation)(**params), getattr(ddb, operation)(**params)
+        mine.pop("ResponseMetadata"), theirs.pop("ResponseMetadata")
+        assert mine == theirs, operation
+        assert mine.get("Items") or mine.get("Item") or mine.get("Responses"), operation
+    assert fast.get_item(**calls[-1][1])["Item"]["blob"] == {"B": b"\x00\x01"}  # bytes, as botocore decodes them

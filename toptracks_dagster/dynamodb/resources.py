@@ -10,6 +10,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from toptracks_dagster.config import DEFAULT_TABLE
+from toptracks_dagster.dynamodb.wire import parse_items_with_json
 
 
 class DynamoDBResource(ConfigurableResource):
@@ -45,6 +46,7 @@ class DynamoDBResource(ConfigurableResource):
         the service model) costs 0.15-0.3 s here."""
         if self._client is None:
             self._client = self._new_client()
+            parse_items_with_json(self._client)
         return self._client
 
     def _new_client(self):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -21,6 +20,7 @@ from toptracks_dagster.dynamodb.table import (
     TRANSIENT_EXCEPTIONS,
     DynamoDBWriteIncomplete,
 )
+from toptracks_dagster.dynamodb.wire import batch_body, encoded, send_batch_write_body
 
 
 @dataclass
@@ -46,51 +46,6 @@ class LoadStats(ThreadSafeCounters):
     sdk_retries: int = 0  # botocore's own retries (ResponseMetadata.RetryAttempts)
     consumed_write_capacity: float = 0.0
     consumed_read_capacity: float = 0.0
-
-
-# botocore turns a call's parameters into its JSON body by walking the operation's shape value by value: for a
-# batch of 25 items of nested track JSON that took more CPU than DynamoDB Local spent storing them (measured).
-# The items here are DynamoDB JSON already (items.item_attributes), so the body is one json.dumps; botocore
-# still signs, sends, retries and parses the answer. The body rides in a thread-local from the call to the
-# 'before-call' hook of that same call.
-_PREBUILT_BODY = threading.local()
-
-
-def _swap_in_prebuilt_body(params: dict, **_) -> None:
-    body = getattr(_PREBUILT_BODY, "body", None)
-    if body is not None:
-        params["body"] = body
-        _PREBUILT_BODY.body = None
-
-
-def batch_write_item(client, request_items: dict) -> dict:
-    """BatchWriteItem with its body encoded by json.dumps (items as DynamoDB attribute values); the response is
-    botocore's, UnprocessedItems included."""
-    body = {"RequestItems": request_items, "ReturnConsumedCapacity": "TOTAL"}
-    return _send_body(client, list(request_items), json.dumps(body, ensure_ascii=False, separators=(",", ":")))
-
-
-def _batch_body(table: str, request_texts: list[str]) -> str:
-    """The BatchWriteItem body for requests already encoded as JSON, joined as text."""
-    return f'{{"RequestItems":{{{json.dumps(table)}:[{",".join(request_texts)}]}},"ReturnConsumedCapacity":"TOTAL"}}'
-
-
-def _send_body(client, tables: list[str], body: str) -> dict:
-    """Were the hook ever skipped, the call would send the placeholder, an item without keys, which DynamoDB
-    refuses (ValidationException): nothing is written silently wrong."""
-    client.meta.events.register(
-        "before-call.dynamodb.BatchWriteItem", _swap_in_prebuilt_body, unique_id="toptracks-prebuilt-body"
-    )
-    _PREBUILT_BODY.body = body.encode()
-    try:
-        placeholder = {table: [{"PutRequest": {"Item": {}}}] for table in tables}
-        return client.batch_write_item(RequestItems=placeholder, ReturnConsumedCapacity="TOTAL")
-    finally:
-        _PREBUILT_BODY.body = None
-
-
-def _encoded(request: dict) -> str:
-    return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
 
 
 def _capacity(response: dict) -> float:
@@ -134,7 +89,7 @@ class BatchWriter:
 
     def put(self, serialized_item: dict) -> None:
         key = (serialized_item[PARTITION_KEY]["S"], serialized_item[SORT_KEY]["S"])
-        self._add(_encoded({"PutRequest": {"Item": serialized_item}}), key)
+        self._add(encoded({"PutRequest": {"Item": serialized_item}}), key)
 
     def put_encoded(self, artist_id: str, country_track_id: str, item_json: str) -> None:
         """An item already encoded as DynamoDB JSON (items.item_json): encoded once, sized and sent as is."""
@@ -142,7 +97,7 @@ class BatchWriter:
 
     def delete(self, artist_id: str, country_track_id: str) -> None:
         request = {"DeleteRequest": {"Key": _key(artist_id, country_track_id)}}
-        self._add(_encoded(request), (artist_id, country_track_id))
+        self._add(encoded(request), (artist_id, country_track_id))
 
     def _add(self, request: str, key: tuple[str, str]) -> None:
         batch = None
@@ -186,7 +141,7 @@ class BatchWriter:
             if attempt:
                 time.sleep(self._delay(attempt - 1))
             try:
-                response = _send_body(self._client, [self._table], _batch_body(self._table, requests))
+                response = send_batch_write_body(self._client, [self._table], batch_body(self._table, requests))
             except ClientError as error:
                 info = error.response.get("Error", {})
                 code = info.get("Code", "ClientError")
@@ -213,7 +168,7 @@ class BatchWriter:
                 consumed_write_capacity=_capacity(response),
                 sdk_retries=response.get("ResponseMetadata", {}).get("RetryAttempts", 0),
             )
-            requests = [_encoded(r) for r in (response.get("UnprocessedItems") or {}).get(self._table, [])]
+            requests = [encoded(r) for r in (response.get("UnprocessedItems") or {}).get(self._table, [])]
             if not requests:
                 return
             left = len(requests)
