@@ -205,3 +205,36 @@ def test_the_audit_job_reconciles_every_market(prod_env, artists_table, some_art
             instance=instance, run_config=_audit_config(["XX"]), raise_on_error=False
         )
         assert not unknown.success and "not among the partitions: XX" in _failure(unknown)
+
+
+def test_a_partition_altered_before_read_back_is_not_published(
+    prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch
+):
+    """The merged partition is read back whole and compared byte for byte (SHA-256) with what was written: an
+    object that lost its tail on the way (a full disk, a failing upload spool) fails the completeness check, is
+    not published, and the previous partition and the table stay as they were."""
+    from pathlib import Path
+
+    from toptracks_dagster.raw_storage.resources import PendingObject
+
+    artists_table.set_ids(some_artist_ids[:6])
+    path = Path(prod_env["TOPTRACKS_RAW_DIR"]) / "raw_top_tracks/market=US/top_tracks.jsonl"
+    with instance_for_test() as instance:
+        run_partition("US", instance)
+        published, before = path.read_bytes(), scan_table(ddb, prod_env["TOPTRACKS_TABLE"])
+        for artist_id in some_artist_ids[:6]:
+            emulator.catalog.set_revision(artist_id, 3)
+        real_sha256 = PendingObject.sha256
+
+        def truncated_then_read(self):
+            data = self.path.read_bytes()
+            self.path.write_bytes(data[: len(data) // 2])
+            return real_sha256(self)
+
+        monkeypatch.setattr(PendingObject, "sha256", truncated_then_read)
+        result = run_partition("US", instance, raise_on_error=False)
+    complete = check_results(result)[("raw_top_tracks_complete", "US")]
+    assert not complete.passed and "not what was written" in complete.description
+    assert not result.success and "top_tracks" not in materialized(result)
+    assert path.read_bytes() == published
+    assert scan_table(ddb, prod_env["TOPTRACKS_TABLE"]) == before

@@ -38,6 +38,11 @@ class PendingObject:
         with self.path.open("r", encoding="utf-8") as stream:
             yield stream
 
+    def sha256(self) -> str:
+        """The SHA-256 of the object as stored, read back whole."""
+        with self.path.open("rb") as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
+
     def publish(self) -> None:
         self._publish(self.path)
 

@@ -162,7 +162,7 @@ def raw_top_tracks(
         written = None
         try:
             if market not in unchanged:  # an unchanged partition was verified when it was opened
-                written = RawPartition.from_pending(pending[market], market)
+                written = merges[market].written(pending[market])
         except RawPartitionIncomplete as error:
             verify_error = str(error)
         base = {"market": market, "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market)))}

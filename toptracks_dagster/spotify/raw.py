@@ -10,11 +10,13 @@ streaming pass: `PartitionMerge` keeps the other artists' outcomes as they are a
 artist list.
 
 The partition a reader sees (`raw_partition_key`) is only ever replaced by a merged version that passed its
-blocking checks: the merge is written aside (`RawStorage.write_aside`), verified, checked, then published.
+blocking checks: the merge is written aside (`RawStorage.write_aside`), read back whole and compared byte for
+byte with what was written (SHA-256), checked, then published with its index (partition_index.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import fields
@@ -136,10 +138,6 @@ class RawPartition:
             return None
 
     @classmethod
-    def from_pending(cls, pending: PendingObject, market: str) -> "RawPartition":
-        return cls._verified(market, pending.uri, pending.open_for_read)
-
-    @classmethod
     def _verified(cls, market: str, uri: str, opener) -> "RawPartition":
         request: dict | None = None
         end: dict | None = None
@@ -241,6 +239,22 @@ def _write_record(stream: IO[str], record: dict) -> None:
     stream.write("\n")
 
 
+class _HashingStream:
+    """Writes through to a text stream and keeps the SHA-256 of the UTF-8 bytes written: the object can then be
+    read back whole and compared byte for byte, without parsing what this process has just encoded."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self._sha256 = hashlib.sha256()
+
+    def write(self, text: str) -> int:
+        self._sha256.update(text.encode("utf-8"))
+        return self._stream.write(text)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+
 class PartitionMerge:
     """Merges one market's freshly fetched outcomes into its previous partition, streaming, into `stream`.
 
@@ -259,8 +273,12 @@ class PartitionMerge:
         request: dict,
         planned: int,
     ):
-        self._stream = stream
+        self._stream = _HashingStream(stream) if stream is not None else None
         self.market = market
+        # What a reader of the written partition needs (RawPartition), gathered while writing it.
+        self._request_record: dict = {}
+        self._end_record: dict = {}
+        self._requested_at: dict[str, str] = {}
         self._ids = artist_ids
         self._next_id = 0
         self._previous = iter(previous)
@@ -282,6 +300,13 @@ class PartitionMerge:
         return None, ""
 
     def _write(self, record: dict) -> None:
+        kind = record["record"]
+        if kind == "outcome":
+            self._requested_at[record["artist_id"]] = str(record.get("requested_at", ""))
+        elif kind == "request":
+            self._request_record = record
+        else:
+            self._end_record = record
         if self._stream is not None:  # None: the partition is only profiled, not rewritten
             _write_record(self._stream, record)
 
@@ -300,6 +325,7 @@ class PartitionMerge:
                 continue
             self.profile.kept += 1
             self.profile._count(previous)
+            self._requested_at[kept_id] = str(previous.requested_at)
             if self._stream is not None:
                 self._stream.write(line if line.endswith("\n") else line + "\n")
 
@@ -326,3 +352,22 @@ class PartitionMerge:
         self._write({"record": "end", "outcomes": self.profile.outcomes, "finished_at": utc_now_iso()})
         self.profile.finish()
         return self.profile
+
+    def written(self, pending: PendingObject) -> RawPartition:
+        """The partition as written aside, read back whole and compared byte for byte with what this merge
+        wrote (SHA-256); RawPartitionIncomplete if the stored object differs (truncated, lost or altered)."""
+        stored = pending.sha256()
+        if self._stream is None or stored != self._stream.hexdigest():
+            raise RawPartitionIncomplete(
+                f"raw top tracks for market {self.market} at {pending.uri} are unusable: the object read back "
+                f"(sha256 {stored[:12]}) is not what was written; nothing was published"
+            )
+        return RawPartition(
+            self.market,
+            pending.uri,
+            pending.open_for_read,
+            self._request_record,
+            self._end_record,
+            self._requested_at,
+            fingerprint=f"sha256:{stored}",
+        )
