@@ -16,6 +16,7 @@ One module per command: run.py (`run`, `dev`), query.py, stack.py, plan.py.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import warnings
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # inside the try: a closed pipe shows up here, not as a traceback at exit
+        # What is left lives until exit: frozen, it is not walked by the interpreter's last garbage collection,
+        # which over Dagster's object graph took about 1 s of every `toptracks run` here.
+        gc.freeze()
         return code
     except config.ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)

@@ -3,6 +3,7 @@ daemon), both on the persistent Dagster instance in $DAGSTER_HOME."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -62,6 +63,10 @@ def run_job(args) -> int:
     from dagster import DagsterInstance
 
     from toptracks_dagster.definitions import defs
+
+    # Modules, classes and definitions loaded so far live as long as the process: frozen, they are left out of
+    # the garbage collections the run triggers (each would walk all of them again).
+    gc.freeze()
     from toptracks_dagster.run_summary import (
         free_slots_of_dead_runs,
         print_summary,
