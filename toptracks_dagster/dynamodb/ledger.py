@@ -15,6 +15,7 @@ view; `top_tracks_audit_job` compares the whole table.
 from __future__ import annotations
 
 import json
+from typing import Mapping, Sequence
 
 from toptracks_dagster.dynamodb.table import ITEM_FORMAT
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
@@ -67,7 +68,7 @@ def read_ledger(storage: RawStorage, market: str, identity: dict) -> Ledger | No
 
 
 def write_ledger(
-    storage: RawStorage, market: str, identity: dict, artists: dict[str, tuple[str, int]], raw_fingerprint: str
+    storage: RawStorage, market: str, identity: dict, artists: Mapping[str, Sequence], raw_fingerprint: str
 ) -> None:
     document = {
         "identity": identity,

@@ -138,22 +138,22 @@ def load_market(
         )
         if ledger is not None and ledger.raw_fingerprint != raw.fingerprint:
             # Nothing to write, but the ledger now vouches for this partition: the next load of it reads nothing.
-            write_ledger(storage, market, identity, {a: tuple(v) for a, v in ledger.artists.items()}, raw.fingerprint)
+            write_ledger(storage, market, identity, ledger.artists, raw.fingerprint)
         return result  # nothing to write: no journal
 
     write_journal(storage, market, identity, {ALL_ARTISTS} if previous is None else changed | removed | untrusted)
-    loader = MarketLoader(
+    loader = _loaded(
         client,
         table_name,
-        market,
-        concurrency=concurrency,
-        max_batch_retries=max_batch_retries,
-        log=log,
+        raw,
+        concurrency,
+        max_batch_retries,
+        log,
         previous_ledger=previous,
         untrusted=untrusted,
         known_digests=digests,
     )
-    result.stats = loader.load(raw.outcomes())
+    result.stats = loader.stats
     kept = dict(digests)
     for artist_id in loader.ledger:  # error outcomes keep the digest of their previous list
         if artist_id not in kept and ledger is not None and artist_id in ledger.artists:
@@ -168,20 +168,29 @@ def _load_into_empty_market(
 ) -> MarketLoadResult:
     market = raw.market
     write_journal(storage, market, identity, listed)
-    loader = MarketLoader(
-        client,
-        table_name,
-        market,
-        concurrency=concurrency,
-        max_batch_retries=max_batch_retries,
-        log=log,
-        previous_ledger={},
-    )
-    stats = loader.load(raw.outcomes())
+    loader = _loaded(client, table_name, raw, concurrency, max_batch_retries, log, previous_ledger={})
     written = {a: (loader.ledger[a], loader.item_counts[a]) for a in loader.item_counts}
     write_ledger(storage, market, identity, written, raw.fingerprint)
     clear_journal(storage, market)
-    return MarketLoadResult(market, stats, changed_artists=set(written), table_state=state, had_no_items=set(written))
+    return MarketLoadResult(
+        market, loader.stats, changed_artists=set(written), table_state=state, had_no_items=set(written)
+    )
+
+
+def _loaded(client, table_name, raw, concurrency, max_batch_retries, log, **ledger_view) -> MarketLoader:
+    """A MarketLoader that has loaded `raw` (its stats, ledger and item counts filled); `ledger_view`: what the
+    load knows of the table before it (MarketLoader's previous_ledger, untrusted, known_digests)."""
+    loader = MarketLoader(
+        client,
+        table_name,
+        raw.market,
+        concurrency=concurrency,
+        max_batch_retries=max_batch_retries,
+        log=log,
+        **ledger_view,
+    )
+    loader.load(raw.outcomes())
+    return loader
 
 
 def _market_has_items(client, table_name: str, market: str) -> bool:

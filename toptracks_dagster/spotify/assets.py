@@ -182,7 +182,7 @@ def raw_top_tracks(
             )
         else:
             pending[market].publish()
-            written.fingerprint = raw_storage.fingerprint(raw_partition_key(market))
+            written.fingerprint = raw_storage.published_fingerprint(raw_partition_key(market), pending[market])
             written.write_index(raw_storage, profile.summary())
         context.add_asset_metadata(
             {

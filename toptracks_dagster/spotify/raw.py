@@ -369,5 +369,4 @@ class PartitionMerge:
             self._request_record,
             self._end_record,
             self._requested_at,
-            fingerprint=f"sha256:{stored}",
         )
