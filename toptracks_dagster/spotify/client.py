@@ -20,7 +20,6 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from toptracks_dagster.common import is_valid_spotify_id, utc_now_iso
-from toptracks_dagster.counters import ThreadSafeCounters
 from toptracks_dagster.spotify.answers import (
     api_error,
     json_or_none,
@@ -42,6 +41,7 @@ from toptracks_dagster.spotify.errors import (  # noqa: F401  (re-exported: the 
 )
 from toptracks_dagster.spotify.pacing import _NEVER, RequestAllowance, RequestPacer, _PacedRetry  # noqa: F401
 from toptracks_dagster.spotify.parallel import map_in_order
+from toptracks_dagster.spotify.stats import FetchStats
 from toptracks_dagster.spotify.tokens import AccessTokenProvider
 
 # A request answered 429 this many times in a row gives up (each wait is bounded by the Retry-After cap).
@@ -83,25 +83,6 @@ class TopTracksOutcome:
 
 
 _OUTCOME_FIELD_NAMES = tuple(f.name for f in fields(TopTracksOutcome))
-
-
-@dataclass
-class FetchStats(ThreadSafeCounters):
-    """Counters shared by all workers of one client (guarded by a lock). `requests` counts HTTP requests sent
-    to the API, retries included; `retries` is the part of them that repeated an earlier try."""
-
-    requests: int = 0
-    status_2xx: int = 0
-    status_401: int = 0
-    status_404: int = 0
-    status_429: int = 0
-    status_5xx: int = 0
-    transport_errors: int = 0  # connection resets, timeouts, bodies cut short
-    malformed_bodies: int = 0
-    retries: int = 0
-    token_requests: int = 0
-    bytes: int = 0
-    paused_s: float = 0.0  # summed over workers: time spent waiting for the pacer (rate spacing and 429 pauses)
 
 
 @dataclass

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import requests
 
 from toptracks_dagster.spotify.answers import json_or_none, transport_problem
 from toptracks_dagster.spotify.errors import SpotifyCredentialsError, SpotifyRequestFailed, SpotifyUnreachable
-
-if TYPE_CHECKING:
-    from toptracks_dagster.spotify.client import FetchStats
+from toptracks_dagster.spotify.stats import FetchStats
 
 
 class AccessTokenProvider:
