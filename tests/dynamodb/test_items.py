@@ -323,3 +323,45 @@ def test_items_parsed_by_json_equal_botocores_parse(ddb, table, catalog, artist_
         assert mine == theirs, operation
         assert mine.get("Items") or mine.get("Item") or mine.get("Responses"), operation
     assert fast.get_item(**calls[-1][1])["Item"]["blob"] == {"B": b"\x00\x01"}  # bytes, as botocore decodes them
+
+
+def test_consumed_capacity_is_asked_of_aws_only(ddb, table, catalog, artist_ids):
+    """AWS endpoints (regional, FIPS, VPC, China) get ReturnConsumedCapacity=TOTAL; any other endpoint (DynamoDB
+    Local here) gets NONE on every write and read of a load, and the capacity does not appear as if measured."""
+    import boto3
+
+    from toptracks_dagster.dynamodb.wire import consumed_capacity_mode
+
+    def client_for(endpoint_url):
+        return boto3.client(
+            "dynamodb",
+            region_name="us-east-1",
+            endpoint_url=endpoint_url,
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
+        )
+
+    for url in (
+        None,
+        "https://dynamodb-fips.us-east-1.amazonaws.com",
+        "https://vpce-0abc-xyz.dynamodb.us-east-1.vpce.amazonaws.com",
+        "https://dynamodb.cn-north-1.amazonaws.com.cn",
+    ):
+        assert consumed_capacity_mode(client_for(url)) == "TOTAL", url
+    for url in ("http://127.0.0.1:8000", "http://localhost:4566", "http://amazonaws.com.example.org"):
+        assert consumed_capacity_mode(client_for(url)) == "NONE", url
+
+    asked: list[str] = []
+
+    def record(request, **_):
+        asked.append(json.loads(request.body).get("ReturnConsumedCapacity", "absent"))
+
+    ddb.meta.events.register("before-send.dynamodb.BatchWriteItem", record)
+    ddb.meta.events.register("before-send.dynamodb.Query", record)
+    ids = [a for a in artist_ids if catalog.top_tracks(a, "US")][:3]
+    load(ddb, table, "US", outcomes(catalog, ids, "US", T0))
+    changed = outcomes(catalog, ids, "US", T0)
+    changed[0].tracks = changed[0].tracks[1:]
+    stats = load(ddb, table, "US", changed, previous_ledger=None)
+    assert asked and set(asked) == {"NONE"}, asked
+    assert stats.write_requests and stats.read_requests  # both kinds were sent, and none asked for capacity

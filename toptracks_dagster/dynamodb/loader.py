@@ -22,6 +22,7 @@ from toptracks_dagster.dynamodb.table import (
     endpoint_of,
     sort_key,
 )
+from toptracks_dagster.dynamodb.wire import consumed_capacity_mode
 from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats, _capacity
 
 
@@ -104,6 +105,7 @@ class MarketLoader:
         self.item_counts: dict[str, int] = {}  # items this load left for each artist it wrote or confirmed
         self._ledger_lock = threading.Lock()
         self._client = client
+        self._capacity_mode = consumed_capacity_mode(client)
         self._table = table_name
         self._market = market
         self._concurrency = concurrency
@@ -289,7 +291,7 @@ class MarketLoader:
             self._market,
             artist_id,
             attributes=(SORT_KEY, "content_hash"),
-            ReturnConsumedCapacity="TOTAL",
+            ReturnConsumedCapacity=self._capacity_mode,
         )
         for page in pages:
             self.stats.add(read_requests=1, consumed_read_capacity=_capacity(page))
@@ -302,7 +304,9 @@ class MarketLoader:
         # this sweep looks for were written by earlier loads, so in practice it sees them; the next load
         # catches any it missed.
         deleted = 0
-        for page in market_key_pages(self._client, self._table, self._market, ReturnConsumedCapacity="TOTAL"):
+        for page in market_key_pages(
+            self._client, self._table, self._market, ReturnConsumedCapacity=self._capacity_mode
+        ):
             self.stats.add(read_requests=1, consumed_read_capacity=_capacity(page))
             for artist_id, key in keys_of(page):
                 if artist_id not in present:

@@ -20,7 +20,7 @@ from toptracks_dagster.dynamodb.table import (
     TRANSIENT_EXCEPTIONS,
     DynamoDBWriteIncomplete,
 )
-from toptracks_dagster.dynamodb.wire import batch_body, encoded, send_batch_write_body
+from toptracks_dagster.dynamodb.wire import batch_body, consumed_capacity_mode, encoded, send_batch_write_body
 
 
 @dataclass
@@ -74,6 +74,7 @@ class BatchWriter:
         max_delay_s: float = 5.0,
     ):
         self._client = client
+        self._capacity_mode = consumed_capacity_mode(client)
         self._table = table_name
         self._stats = stats
         self._max_retries = max_retries
@@ -141,7 +142,9 @@ class BatchWriter:
             if attempt:
                 time.sleep(self._delay(attempt - 1))
             try:
-                response = send_batch_write_body(self._client, [self._table], batch_body(self._table, requests))
+                response = send_batch_write_body(
+                    self._client, [self._table], batch_body(self._table, requests, self._capacity_mode)
+                )
             except ClientError as error:
                 info = error.response.get("Error", {})
                 code = info.get("Code", "ClientError")
