@@ -15,6 +15,8 @@ W1 / W2   `python -m toptracks_dagster.cli run` (= `toptracks run`) as a child p
 +k / -k   a real `dagster-daemon run` on the same instance with `artists_changed_sensor` switched on
           (`dagster sensor start`): k artists added to (then removed from) the MariaDB table; timed from the
           change to the success of the run the sensor launched.
+W1 cold   W1 again on a second, fresh DynamoDB Local (its JVM has served nothing yet), a fresh instance directory,
+          raw directory and table: what a first run sees on a DynamoDB Local started just before it.
 W3        (--w3) W2 under a rolling limit of R req/s on the emulator and SPOTIFY_REQUESTS_PER_SECOND=R.
 W4        (--w4) `toptracks run` for one market at N artists in a child process, 0 ms latency: its peak RSS.
 write floor  plain parallel BatchWriteItem of the same items into DynamoDB Local, no API at all.
@@ -465,6 +467,7 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=5, help="artists added, then removed, on the sensor path")
     parser.add_argument("--sensor-interval", type=int, default=5, help="TOPTRACKS_SENSOR_INTERVAL_S of the daemon")
     parser.add_argument("--no-sensor", action="store_true", help="skip the sensor path")
+    parser.add_argument("--no-cold", action="store_true", help="skip W1 on a fresh DynamoDB Local")
     parser.add_argument("--w3", action="store_true", help="also W3: an unchanged refresh under a rolling limit")
     parser.add_argument("--rate", type=float, default=20.0, help="W3: the rolling limit R, requests/s")
     parser.add_argument(
@@ -482,6 +485,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.artists, args.latency_ms, args.k, args.sensor_interval, args.w3, args.w4 = 12, 0.0, 2, 1, False, ""
+        args.no_cold = True
     if args.only_w4 and not args.w4:
         args.w4 = "2000,20000"
     markets = [m.strip() for m in args.markets.split(",")]
@@ -567,6 +571,23 @@ def main() -> int:
                     "W2 unchanged, --mode full: toptracks run",
                     toptracks_run(env, emulator, home, "--mode", "full"),
                 )
+                if not args.no_cold:
+                    # The same first load on a DynamoDB Local whose JVM has served nothing: it compiles its write
+                    # and read paths while serving them.
+                    with dynamodb_local() as cold_endpoint:
+                        cold = workdir / "cold"
+                        cold.mkdir()
+                        cold_env = {
+                            **env,
+                            "DYNAMODB_ENDPOINT_URL": cold_endpoint,
+                            "TOPTRACKS_TABLE": f"bench_{uuid.uuid4().hex[:8]}",
+                            "TOPTRACKS_RAW_DIR": str(cold / "raw"),
+                        }
+                        record(
+                            "W1_cold",
+                            "W1 on a fresh DynamoDB Local",
+                            toptracks_run(cold_env, emulator, make_instance_home(cold)),
+                        )
                 if args.w3:
                     emulator.update(rate_limit_requests=int(args.rate * 30), rate_limit_window_s=30.0)
                     record(
@@ -668,7 +689,7 @@ def print_report(results: dict, markets: list[str], args) -> None:
     sample = int(os.environ.get("TOPTRACKS_CHECK_SAMPLE_SIZE", "20"))
     print("\nagainst the targets")
     base = results.get("baseline")
-    for key, target in (("W1", 6), ("W2", 20), ("W2_full", 20)):
+    for key, target in (("W1", 6), ("W1_cold", 6), ("W2", 20), ("W2_full", 20)):
         r = results.get(key)
         if base and r:
             ratio = base["wall_s"] / r["wall_s"]
