@@ -485,7 +485,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.artists, args.latency_ms, args.k, args.sensor_interval, args.w3, args.w4 = 12, 0.0, 2, 1, False, ""
-        args.no_cold = True
     if args.only_w4 and not args.w4:
         args.w4 = "2000,20000"
     markets = [m.strip() for m in args.markets.split(",")]

@@ -34,6 +34,10 @@ def test_benchmark_smoke_runs_every_workload_and_reports_ratios(tmp_path, mysql_
     assert w2["requests"] == 0
     assert w2_full["write_requests"] == 0 and w2_full["read_requests_load"] == 0
     assert baseline["write_requests"] == w1["items_written"] == w1["items"] == floor["items"]
+    # W1 again on a fresh DynamoDB Local: the same first load, from nothing.
+    w1_cold = results["W1_cold"]
+    assert w1_cold["requests"] == w1["requests"] and w1_cold["items_written"] == w1_cold["items"] == w1["items"]
+    assert w1_cold["read_requests_load"] == 0
     # The unchanged refresh writes nothing and reads nothing in the load; its checks read at most the sample.
     assert w2["write_requests"] == 0 and w2["items_written"] == 0 and w2["read_requests_load"] == 0
     assert w2["items"] == w1["items"]
