@@ -22,7 +22,6 @@ from toptracks_dagster.dynamodb.table import (
     endpoint_of,
     sort_key,
 )
-from toptracks_dagster.dynamodb.wire import consumed_capacity_mode
 from toptracks_dagster.dynamodb.writer import BatchWriter, LoadStats, _capacity
 
 
@@ -105,7 +104,6 @@ class MarketLoader:
         self.item_counts: dict[str, int] = {}  # items this load left for each artist it wrote or confirmed
         self._ledger_lock = threading.Lock()
         self._client = client
-        self._capacity_mode = consumed_capacity_mode(client)
         self._table = table_name
         self._market = market
         self._concurrency = concurrency
@@ -291,7 +289,7 @@ class MarketLoader:
             self._market,
             artist_id,
             attributes=(SORT_KEY, "content_hash"),
-            ReturnConsumedCapacity=self._capacity_mode,
+            ReturnConsumedCapacity=self._writer.capacity_mode,
         )
         for page in pages:
             self.stats.add(read_requests=1, consumed_read_capacity=_capacity(page))
@@ -305,7 +303,7 @@ class MarketLoader:
         # catches any it missed.
         deleted = 0
         for page in market_key_pages(
-            self._client, self._table, self._market, ReturnConsumedCapacity=self._capacity_mode
+            self._client, self._table, self._market, ReturnConsumedCapacity=self._writer.capacity_mode
         ):
             self.stats.add(read_requests=1, consumed_read_capacity=_capacity(page))
             for artist_id, key in keys_of(page):

@@ -74,7 +74,7 @@ class BatchWriter:
         max_delay_s: float = 5.0,
     ):
         self._client = client
-        self._capacity_mode = consumed_capacity_mode(client)
+        self.capacity_mode = consumed_capacity_mode(client)  # ReturnConsumedCapacity of this client's requests
         self._table = table_name
         self._stats = stats
         self._max_retries = max_retries
@@ -143,7 +143,7 @@ class BatchWriter:
                 time.sleep(self._delay(attempt - 1))
             try:
                 response = send_batch_write_body(
-                    self._client, [self._table], batch_body(self._table, requests, self._capacity_mode)
+                    self._client, [self._table], batch_body(self._table, requests, self.capacity_mode)
                 )
             except ClientError as error:
                 info = error.response.get("Error", {})
