@@ -49,7 +49,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from toptracks_dagster.dev.dynamodb_local import (  # noqa: E402
+from tests.dynamodb_local import (  # noqa: E402
     LOCAL_CREDENTIALS,
     LOCAL_REGION,
     dynamodb_local,

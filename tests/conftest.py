@@ -13,7 +13,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from toptracks_dagster.dev.dynamodb_local import (
+from tests.dynamodb_local import (
     LOCAL_CREDENTIALS,
     LOCAL_REGION,
     DynamoDBLocalUnavailable,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from boto3.dynamodb.types import TypeDeserializer
 from dagster import materialize
 
-from toptracks_dagster.artists_db.assets import artist_ids
+from toptracks_dagster.artists_db.assets import artist_ids, artists
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.assets import top_tracks
-from toptracks_dagster.dynamodb.items import deserialize_item
 from toptracks_dagster.spotify.assets import raw_top_tracks
 
-ALL_ASSETS = [artist_ids, raw_top_tracks, top_tracks]
+ALL_ASSETS = [artists, artist_ids, raw_top_tracks, top_tracks]
+
+
+def deserialize_item(item: dict) -> dict:
+    return {k: TypeDeserializer().deserialize(v) for k, v in item.items()}
 
 
 def run_partition(country: str, instance=None, deployment: str = "prod", raise_on_error: bool = True):
@@ -50,12 +54,20 @@ def expected_keys(catalog, artist_ids_: list[str], markets: list[str]) -> dict[t
     return expected
 
 
+def _asset_events(result):
+    """(asset key, partition, metadata) of every materialization and observation of the run."""
+    for event in result.all_events:
+        data = event.event_specific_data
+        found = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
+        if event.event_type_value in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION") and found is not None:
+            yield found.asset_key.to_user_string(), found.partition, {k: v.value for k, v in found.metadata.items()}
+
+
 def metadata_of(result, asset_key: str) -> dict:
-    for event in result.get_asset_materialization_events():
-        data = event.event_specific_data.materialization
-        if data.asset_key.to_user_string() == asset_key:
-            return {k: v.value for k, v in data.metadata.items()}
-    raise AssertionError(f"no materialization of {asset_key}")
+    for key, _, metadata in _asset_events(result):
+        if key == asset_key:
+            return metadata
+    raise AssertionError(f"no materialization or observation of {asset_key}")
 
 
 def run_all_markets(
@@ -88,12 +100,11 @@ def run_request(request, instance=None, raise_on_error: bool = True):
 
 
 def partition_metadata(result, asset_key: str) -> dict[str, dict]:
-    """partition -> metadata of each materialization of `asset_key` in the run."""
-    found = {}
-    for event in result.get_asset_materialization_events():
-        data = event.event_specific_data.materialization
-        if data.asset_key.to_user_string() == asset_key:
-            found[data.partition] = {k: v.value for k, v in data.metadata.items()}
+    """partition -> metadata of each materialization or observation of `asset_key` in the run (merged)."""
+    found: dict[str, dict] = {}
+    for key, partition, metadata in _asset_events(result):
+        if key == asset_key:
+            found.setdefault(partition, {}).update(metadata)
     return found
 
 

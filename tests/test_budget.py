@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -16,23 +16,24 @@ from tests.helpers import check_results, expected_keys, partition_metadata, run_
 from toptracks_dagster.cli import main
 from toptracks_dagster.raw_storage.resources import LocalRawStorage
 from toptracks_dagster.schedules import rolling_refresh
-from toptracks_dagster.spotify.budget import BudgetLedger, RotationPlan, run_allowance
+from toptracks_dagster.spotify.budget import RotationPlan, run_allowance, run_pairs, spent_on, utc_now
 from toptracks_dagster.spotify.client import SpotifyBudgetExhausted, SpotifyClient
 from toptracks_dagster.spotify.refresh import RefreshConfig, plan_stalest_pairs
 
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+TODAY_NOON = utc_now().replace(hour=12, minute=0, second=0, microsecond=0)  # the ledger's day is the system clock's
 
 
 # ------------------------------------------------------------------------------------------ pure planning
 def test_the_bound_is_stated_and_a_catalogue_past_the_budget_is_called_out(capsys):
     plan = RotationPlan(artists=20_000, markets=5, budget=20_000, runs_per_day=24, target_days=7)
-    assert (plan.pairs, plan.bound_days, plan.requests_per_run, plan.keeps_target) == (100_000, 5, 833, True)
-    assert plan.expected_ages_days() == {"median": 2.5, "p95": 4.75, "oldest": 5.0}
+    assert (plan.pairs, plan.bound_days, plan.keeps_target) == (100_000, 5, True)
     assert RotationPlan(artists=20_001, markets=5, budget=20_000, runs_per_day=24, target_days=7).bound_days == 6
 
     assert main(["plan", "--artists", "20000", "--markets", "5", "--budget", "20000", "--target-days", "7"]) == 0
     out = capsys.readouterr().out
     assert "every pair refreshed at least every 5 day(s)" in out and "about 833 requests per run" in out
+    assert "median 2.50 d, p95 4.75 d, oldest 5.00 d" in out
     assert main(["plan", "--artists", "40000", "--markets", "5", "--budget", "20000", "--target-days", "7"]) == 3
     out = capsys.readouterr().out
     assert "PAST WHAT THE BUDGET CAN KEEP" in out and "at most 28,000 artists" in out
@@ -65,23 +66,12 @@ def test_stalest_pairs_take_artists_without_a_list_first_then_the_oldest_lists()
     assert [p.fetch for p in only_new] == [[e], []]
 
 
-def test_the_ledger_counts_what_was_sent_and_a_run_that_died_at_its_full_reservation(tmp_path):
-    storage = LocalRawStorage(base_dir=str(tmp_path))
-    ledger = BudgetLedger()
-    ledger.reserve("settled", 100, NOON)
-    ledger.settle("settled", 70, NOON + timedelta(minutes=5))
-    ledger.reserve("died", 50, NOON + timedelta(hours=1))  # never settled
-    late = datetime(2026, 3, 2, 23, 59, tzinfo=timezone.utc)
-    ledger.reserve("midnight", 30, late)
-    ledger.settle("midnight", 30, late + timedelta(minutes=3))
-    ledger.save(storage, late)
-    again = BudgetLedger.load(storage)
-    assert again.spent_on(NOON.date()) == 70 + 50 + 30
-    assert again.spent_on(NOON.date() + timedelta(days=1)) == 50 + 30  # the dead run and the midnight run, in full
-    assert again.spent_on(NOON.date() + timedelta(days=2)) == 0
-    # What is left is shared by the hourly ticks left today: 12 at noon, 1 at 23:00.
-    assert run_allowance(1200, 0, NOON, 3600) == 100
+def test_a_rolling_run_gets_what_is_left_today_shared_by_the_ticks_left():
+    # 12 hourly ticks are left at noon, 1 at 23:00; a run plans 10 % fewer pairs for retries, but not the last.
+    assert run_allowance(1200, 0, NOON, 3600) == 100 and run_pairs(100, NOON, 3600) == 90
     assert run_allowance(1200, 1150, NOON.replace(hour=23), 3600) == 50
+    assert run_pairs(50, NOON.replace(hour=23), 3600) == 50
+    assert run_allowance(1200, 1300, NOON, 3600) == 0
 
 
 # ------------------------------------------------------------------------------------------ the client's cap
@@ -144,27 +134,24 @@ def test_rolling_refresh_never_exceeds_the_daily_budget_with_retries_and_keeps_t
     prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch
 ):
     monkeypatch.delenv("TOPTRACKS_REQUESTS_PER_DAY", raising=False)
-    assert isinstance(_tick(prod_env, NOON), SkipReason)  # no budget: no rolling refresh
+    assert isinstance(_tick(prod_env, TODAY_NOON), SkipReason)  # no budget: no rolling refresh
     monkeypatch.setenv("TOPTRACKS_REQUESTS_PER_DAY", "40")
-    monkeypatch.setattr("toptracks_dagster.spotify.assets.utc_now", lambda: NOON)  # the asset's clock
     artists_table.set_ids(some_artist_ids)  # 30 artists x 2 markets = 60 pairs
     emulator.settings.update({"error_5xx_share": 0.2})
     with instance_for_test() as instance:
-        first = _tick(prod_env, NOON)  # 12 hourly ticks left today: 40 // 12 = 3
+        first = _tick(prod_env, TODAY_NOON)  # 12 hourly ticks left today: 40 // 12 = 3
         config = first.run_config["ops"]["raw_top_tracks"]["config"]
         assert (config["mode"], config["pairs"], config["max_requests"]) == ("stalest", 2, 3)  # 10 % for retries
         result = run_request(first, instance)
         assert emulator.stats.as_dict()["requests"] <= 3
         assert sum(v["artists_fetched"] for v in partition_metadata(result, "raw_top_tracks").values()) <= 2
 
-        last = _tick(prod_env, NOON.replace(hour=23))  # the last tick of the day gets all that is left
+        last = _tick(prod_env, TODAY_NOON.replace(hour=23))  # the last tick of the day gets all that is left
         left = last.run_config["ops"]["raw_top_tracks"]["config"]["pairs"]
-        assert left == 40 - BudgetLedger.load(LocalRawStorage(base_dir=prod_env["TOPTRACKS_RAW_DIR"])).spent_on(
-            NOON.date()
-        )
+        assert left == 40 - spent_on(LocalRawStorage(base_dir=prod_env["TOPTRACKS_RAW_DIR"]), TODAY_NOON.date())
         result = run_request(last, instance)
         assert emulator.stats.as_dict()["requests"] <= 40  # retries and 404s included
-        assert isinstance(_tick(prod_env, NOON.replace(hour=23, minute=30)), SkipReason)  # the day is spent
+        assert isinstance(_tick(prod_env, TODAY_NOON.replace(hour=23, minute=30)), SkipReason)  # the day is spent
 
     raw = partition_metadata(result, "raw_top_tracks")
     run_level = [

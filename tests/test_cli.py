@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from tests.helpers import expected_keys
-from toptracks_dagster.dev.local_stack import DEMO_ARTISTS
 from toptracks_dagster.dev.spotify_emulator import Catalog, demo_artist_ids
+from toptracks_dagster.dev.stack import DEMO_ARTISTS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ def _exact(ddb, prod_env, emulator, ids):
     assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(expected_keys(emulator.catalog, ids, ["US", "CA"]))
 
 
-def test_first_load_reads_nothing_and_one_run_covers_every_market(
+def test_first_load_reads_only_what_it_wrote_and_one_run_covers_every_market(
     prod_env, artists_table, emulator, ddb, some_artist_ids
 ):
     artists_table.set_ids(some_artist_ids)
@@ -35,7 +35,8 @@ def test_first_load_reads_nothing_and_one_run_covers_every_market(
     table = partition_metadata(result, "top_tracks")
     assert set(table) == {"US", "CA"}
     for market in ("US", "CA"):
-        assert table[market]["read_requests"] == 0, table[market]  # a market never loaded is known empty
+        # A market never loaded is known empty (one GSI count): no read before writing, one read back per artist.
+        assert table[market]["read_requests"] == len(some_artist_ids), table[market]
         assert table[market]["items_written"] > 0
     assert _requests(emulator) == 2 * len(some_artist_ids)
     _exact(ddb, prod_env, emulator, some_artist_ids)
@@ -195,39 +196,6 @@ def test_artists_mode_refreshes_only_the_given_artists(prod_env, artists_table, 
         refused = run_all_markets(instance, mode="artists", artist_ids=[some_artist_ids[20]], raise_on_error=False)
         assert not refused.success
     _exact(ddb, prod_env, emulator, some_artist_ids[:10])
-
-
-def test_sensor_never_launches_twice_and_relaunches_a_failed_change(
-    prod_env, artists_table, emulator, ddb, some_artist_ids
-):
-    from dagster import DagsterRunStatus
-
-    artists_table.set_ids(some_artist_ids[:5])
-    with instance_for_test() as instance:
-        first = tick(None, artists_table)
-        run_request(first.run_requests[0], instance)
-        artists_table.add(some_artist_ids[5])
-        change = tick(first.cursor, artists_table)
-        again = tick(first.cursor, artists_table)  # the same tick evaluated twice asks for the same run key
-        assert [r.run_key for r in again.run_requests] == [r.run_key for r in change.run_requests]
-        # The run for the change fails (Spotify refuses everything): the change must not be lost.
-        emulator.settings.update({"forbid_all": True})
-        failed = run_request(change.run_requests[0], instance, raise_on_error=False)
-        assert not failed.success
-        from dagster import build_sensor_context
-
-        from tests.test_orchestration import mysql_resource
-        from toptracks_dagster.artists_db.sensors import artists_changed_sensor
-
-        context = build_sensor_context(
-            cursor=change.cursor, instance=instance, resources={"artists_db": mysql_resource(artists_table)}
-        )
-        retry = artists_changed_sensor(context)
-        assert len(retry.run_requests) == 1 and retry.run_requests[0].run_key != change.run_requests[0].run_key
-        emulator.settings.update({"forbid_all": False})
-        assert run_request(retry.run_requests[0], instance).success
-        assert instance.get_run_by_id(failed.run_id).status == DagsterRunStatus.FAILURE
-    _exact(ddb, prod_env, emulator, some_artist_ids[:6])
 
 
 def test_a_raw_partition_edited_by_hand_is_read_again_not_trusted_from_its_index(

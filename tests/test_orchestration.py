@@ -8,6 +8,8 @@ from pathlib import Path
 
 from dagster import (
     DagsterInstance,
+    RunRequest,
+    SensorResult,
     SkipReason,
     build_schedule_context,
     build_sensor_context,
@@ -15,66 +17,39 @@ from dagster import (
 )
 
 from tests.helpers import expected_keys, run_partition, run_request, scan_table
-from toptracks_dagster.artists_db.resources import MySQLArtistsDatabase
 from toptracks_dagster.artists_db.sensors import artists_changed_sensor
+from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.schedules import daily_refresh
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def mysql_resource(artists_table) -> MySQLArtistsDatabase:
-    server = artists_table.server
-    return MySQLArtistsDatabase(
-        host=server["host"],
-        port=server["port"],
-        user=server["user"],
-        password=server["password"],
-        database=artists_table.database,
-    )
-
-
 def tick(cursor, artists_table):
+    """One evaluation of the sensor with the prod resources (prod_env), as a SensorResult."""
+    resources = build_resources("prod")
     context = build_sensor_context(
-        cursor=cursor, instance=DagsterInstance.ephemeral(), resources={"artists_db": mysql_resource(artists_table)}
+        cursor=cursor,
+        instance=DagsterInstance.ephemeral(),
+        resources={"artists_db": resources["artists_db"], "raw_storage": resources["raw_storage"]},
     )
-    return artists_changed_sensor(context)
+    result = artists_changed_sensor(context)
+    return SensorResult(run_requests=[result]) if isinstance(result, RunRequest) else result
 
 
-def test_sensor_requests_one_run_for_every_market_on_change_and_nothing_otherwise(artists_table, some_artist_ids):
-    artists_table.set_ids(some_artist_ids[:4])
-    first = tick(None, artists_table)
-    assert len(first.run_requests) == 1
-    request = first.run_requests[0]
-    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
-        "US",
-        "CA",
-    )
-    assert request.run_config["ops"]["raw_top_tracks"]["config"]["mode"] == "changed"
-    assert isinstance(tick(first.cursor, artists_table), SkipReason)
-    artists_table.add(some_artist_ids[4])
-    second = tick(first.cursor, artists_table)
-    assert second.cursor != first.cursor and len(second.run_requests) == 1
-    assert second.run_requests[0].run_key != first.run_requests[0].run_key
-    artists_table.remove(some_artist_ids[4])  # back to the first id set: still a new change, a new run key
-    third = tick(second.cursor, artists_table)
-    assert third.run_requests and third.run_requests[0].run_key not in {
-        first.run_requests[0].run_key,
-        second.run_requests[0].run_key,
-    }
-
-
-def test_sensor_driven_runs_add_new_and_drop_removed_artists(prod_env, artists_table, emulator, ddb, some_artist_ids):
-    cursor = None
+def test_sensor_driven_runs_add_new_and_drop_removed_artists_then_go_quiet(
+    prod_env, artists_table, emulator, ddb, some_artist_ids
+):
     with instance_for_test() as instance:
         for ids in (some_artist_ids[:8], [*some_artist_ids[1:8], some_artist_ids[10]]):
             artists_table.set_ids(ids)
-            result = tick(cursor, artists_table)
-            cursor = result.cursor
-            for request in result.run_requests:
-                run_request(request, instance)
+            result = tick(None, artists_table)
+            assert len(result.run_requests) == 1
+            assert run_request(result.run_requests[0], instance).success
             assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(
                 expected_keys(emulator.catalog, ids, ["US", "CA"])
             )
+            # The applied change is in raw storage: the next evaluation, on any instance, launches nothing.
+            assert isinstance(tick(None, artists_table), SkipReason)
 
 
 def test_schedules_request_one_run_for_every_market_and_are_off_by_default():

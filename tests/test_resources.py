@@ -9,10 +9,6 @@ from dagster import instance_for_test, materialize
 
 from tests.conftest import TEST_AWS_ENV, free_port
 from tests.helpers import run_partition
-from toptracks_dagster.artists_db.resources import (
-    ArtistsDatabaseError,
-    MySQLArtistsDatabase,
-)
 from toptracks_dagster.deployments import build_resources
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import DynamoDBUnavailable, ensure_table
@@ -22,57 +18,6 @@ from toptracks_dagster.spotify.assets import raw_top_tracks
 def all_event_text(instance) -> str:
     """Every event of every run in the instance, as text (messages, metadata, errors)."""
     return " ".join(str(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id))
-
-
-def test_mysql_down_names_host_and_not_the_password():
-    password = secrets.token_urlsafe(16)
-    port = free_port()  # nothing listens there
-    db = MySQLArtistsDatabase(
-        host="127.0.0.1",
-        port=port,
-        user="etl",
-        password=password,
-        database="production",
-        connect_attempts=2,
-        connect_timeout_s=2,
-    )
-    with pytest.raises(ArtistsDatabaseError) as raised:
-        db.fetch_raw_ids()
-    message = str(raised.value)
-    assert f"127.0.0.1:{port}/production" in message
-    assert password not in message
-
-
-def test_missing_artists_table_is_named(artists_table):
-    with artists_table.connect() as connection, connection.cursor() as cursor:
-        cursor.execute("DROP TABLE artists")
-    server = artists_table.server
-    db = MySQLArtistsDatabase(
-        host=server["host"],
-        port=server["port"],
-        user=server["user"],
-        password=server["password"],
-        database=artists_table.database,
-    )
-    with pytest.raises(ArtistsDatabaseError, match=rf"table `artists` does not exist in .*{artists_table.database}"):
-        db.fetch_raw_ids()
-
-
-def test_mysql_reads_ids_and_fingerprint_follows_the_id_set(artists_table, some_artist_ids):
-    artists_table.set_ids(some_artist_ids[:3])
-    server = artists_table.server
-    db = MySQLArtistsDatabase(
-        host=server["host"],
-        port=server["port"],
-        user=server["user"],
-        password=server["password"],
-        database=artists_table.database,
-    )
-    assert sorted(db.fetch_raw_ids()) == sorted(some_artist_ids[:3])
-    before = db.id_set_fingerprint()
-    assert db.id_set_fingerprint() == before
-    artists_table.add(some_artist_ids[3])
-    assert db.id_set_fingerprint() != before
 
 
 def test_dead_dynamodb_endpoint_is_named():

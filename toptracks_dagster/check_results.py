@@ -1,10 +1,8 @@
-"""Asset checks evaluated inside the asset's own step (`check_specs`), one result per partition.
+"""Asset checks evaluated inside the asset's own step (`check_specs`), one evaluation per partition.
 
-An asset computes a `CheckOutcome` per (check, partition) from data it already holds, and `emit_check_results`
-turns them into what Dagster records: an `AssetCheckResult` when the run covers one partition, one
-`AssetCheckEvaluation` per partition for a single-run backfill (an AssetCheckResult cannot name its
-partition), and the check outputs that let the step finish. A failed blocking ERROR check fails the step after
-the materialization is recorded, so downstream assets do not run.
+An asset computes a `CheckOutcome` per (check, partition) from data it already holds; `emit_check_results` turns
+them into one `AssetCheckEvaluation` per partition (an AssetCheckResult cannot name its partition) and the check
+outputs that let the step finish.
 """
 
 # No `from __future__ import annotations`: Dagster inspects annotations of decorated functions.
@@ -14,7 +12,6 @@ from typing import Any, Iterator
 
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
@@ -67,45 +64,34 @@ def check_spec(asset: str, name: str, description: str, partitions_def=None, blo
 
 def emit_check_results(
     context: AssetExecutionContext, outcomes: dict[str | None, list[CheckOutcome]]
-) -> Iterator[AssetCheckResult | AssetCheckEvaluation | Output]:
-    """Yield every outcome (keyed by partition; None for an unpartitioned asset), then the check outputs.
-
-    Call after the asset's MaterializeResult has been yielded, so results attach to this materialization.
-    """
+) -> Iterator[AssetCheckEvaluation | Output]:
+    """Yield every outcome (keyed by partition), then the check outputs. Call after the asset's materializations,
+    so each evaluation names the materialization it is about."""
     specs = {spec.name: spec for spec in context.assets_def.check_specs}
-    single = len(outcomes) == 1 and (next(iter(outcomes)) is None or context.has_partition_key)
-    targets: dict = {}  # one lookup per (asset, partition), not one per check: each is a query of the instance
+    targets: dict = {}  # one lookup per (asset, partition): each is a query of the instance
     for partition, results in outcomes.items():
         for outcome in results:
             spec = specs[outcome.name]
-            fields = {
-                "asset_key": spec.asset_key,
-                "check_name": spec.name,
-                "passed": outcome.passed,
-                "severity": outcome.severity,
-                "description": outcome.description,
-                "metadata": outcome.metadata,
-            }
-            if single:
-                yield AssetCheckResult(**fields)
-                continue
             if (spec.asset_key, partition) not in targets:
                 targets[(spec.asset_key, partition)] = target_materialization(context, spec.asset_key, partition)
             yield AssetCheckEvaluation(
-                **fields,
+                asset_key=spec.asset_key,
+                check_name=spec.name,
+                passed=outcome.passed,
+                severity=outcome.severity,
+                description=outcome.description,
+                metadata=outcome.metadata,
                 blocking=spec.blocking,
                 partition=partition,
                 target_materialization_data=targets[(spec.asset_key, partition)],
             )
-    if not single:
-        for output_name in context.assets_def.check_specs_by_output_name:
-            yield Output(None, output_name=output_name)
+    for output_name in context.assets_def.check_specs_by_output_name:
+        yield Output(None, output_name=output_name)
 
 
 def target_materialization(context: AssetExecutionContext, asset_key: AssetKey, partition: str | None):
-    """What an AssetCheckResult records on its own: the materialization a result is about, so the UI can tell a
-    current result from a stale one. Dagster 1.13 has no public constructor for it: this is the one place that
-    imports it (tests/test_definitions.py fails loudly if an upgrade moves it)."""
+    """The materialization a result is about, so the UI can tell a current result from a stale one. Dagster 1.13
+    has no public constructor for it: this is the one place that imports it."""
     from dagster._core.definitions.asset_checks.asset_check_evaluation import (
         AssetCheckEvaluationTargetMaterializationData,
     )

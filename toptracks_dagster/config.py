@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 
 LOCAL = "local"
 PROD = "prod"
@@ -30,8 +31,27 @@ _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 
 
-class ConfigError(ValueError):
+class PermanentError(RuntimeError):
+    """An error no retry can fix (bad input, credentials, access, a full disk): the run stops at once.
+
+    Every such error of the project is one of these; `permanent_errors()` turns it into the one Dagster failure
+    that is not retried. Anything else a step raises is transient and left to the step's RetryPolicy.
+    """
+
+
+class ConfigError(PermanentError, ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
+
+
+@contextmanager
+def permanent_errors():
+    """Inside an asset: a PermanentError becomes `Failure(allow_retries=False)` with the error's message."""
+    from dagster import Failure
+
+    try:
+        yield
+    except PermanentError as error:
+        raise Failure(description=str(error), allow_retries=False) from None
 
 
 def env(name: str, default: str | None = None) -> str | None:

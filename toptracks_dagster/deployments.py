@@ -1,21 +1,17 @@
-"""Resources per deployment (DAGSTER_DEPLOYMENT): `local` = the embedded stack, `prod` = the config contract.
+"""Resources per deployment (DAGSTER_DEPLOYMENT): `local` = the local stack, `prod` = the config contract.
 
-Secrets are EnvVars: Dagster resolves them when a run starts and never displays them.
+Secrets are EnvVars, resolved when a run starts and never displayed. The `local` resources hold no address:
+each finds (or starts) the local stack when a run first uses it, unless its variable names other services.
 """
 
 from __future__ import annotations
 
-import os
-
 from dagster import EnvVar
 
 from toptracks_dagster import config
-from toptracks_dagster.artists_db.resources import (
-    MySQLArtistsDatabase,
-    SQLiteArtistsDatabase,
-)
+from toptracks_dagster.artists_db.resources import MySQLArtistsDatabase, SQLiteArtistsDatabase
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
-from toptracks_dagster.raw_storage.resources import LocalRawStorage, RawStorage
+from toptracks_dagster.raw_storage.resources import LocalRawStorage
 from toptracks_dagster.spotify.resources import SpotifyResource
 
 
@@ -24,52 +20,55 @@ def build_resources(deployment: str | None = None) -> dict:
     return _local_resources() if deployment == config.LOCAL else _prod_resources()
 
 
-def _spotify(api_default: str, token_default: str, concurrency: int, rate: float) -> SpotifyResource:
-    return SpotifyResource(
-        client_id=EnvVar("SPOTIFY_CLIENT_ID"),
-        client_secret=EnvVar("SPOTIFY_CLIENT_SECRET"),
-        api_base_url=config.env("SPOTIFY_API_BASE_URL", api_default),
-        token_url=config.env("SPOTIFY_TOKEN_URL", token_default),
-        concurrency=config.spotify_concurrency(concurrency),
-        requests_per_second=config.spotify_requests_per_second(rate),
-        max_retry_after_s=config.spotify_max_retry_after_s(),
-    )
-
-
-def _dynamodb(endpoint_default: str | None, write_concurrency: int = 8) -> DynamoDBResource:
+def _dynamodb(**fields) -> DynamoDBResource:
     return DynamoDBResource(
-        endpoint_url=config.env("DYNAMODB_ENDPOINT_URL", endpoint_default),
+        endpoint_url=config.env("DYNAMODB_ENDPOINT_URL"),
         region_name=config.region(),
         table_name=config.table_name(),
-        write_concurrency=config.dynamodb_write_concurrency(write_concurrency),
+        write_concurrency=config.dynamodb_write_concurrency(8),
+        **fields,
     )
+
+
+def _raw_storage():
+    bucket = config.env("TOPTRACKS_RAW_S3_BUCKET")
+    if not bucket:
+        return LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR))
+    # Imported here: only a deployment that keeps raw data in S3 imports dagster-aws.
+    from dagster_aws.s3 import S3Resource
+
+    from toptracks_dagster.raw_storage.s3 import S3RawStorage
+
+    return S3RawStorage(s3=S3Resource(region_name=config.region()), bucket=bucket)
 
 
 def _local_resources() -> dict:
-    # The background local stack (toptracks_dagster/dev/stack.py): found through its state file, started when it
-    # is not running, and its addresses and per-stack credentials exported for this process and its children
-    # (run workers), where the EnvVars resolve. An explicit DYNAMODB_ENDPOINT_URL (not one the stack exported)
-    # means someone runs their own services: then the variables are used as they are.
-    from toptracks_dagster.dev import stack
-
-    # A malformed value fails here, before anything is started.
-    config.region(), config.table_name(), config.countries(), config.dynamodb_write_concurrency(16)
-    if stack.wanted():
-        os.environ.update(stack.ensure_local_stack())
-    host = "127.0.0.1"
+    config.countries()  # a malformed value fails here, before anything is started
+    # Variables the stack exported (TOPTRACKS_LOCAL_STACK) are not someone else's services: the stack is found again.
+    own_services = config.env("DYNAMODB_ENDPOINT_URL") is not None and not config.env("TOPTRACKS_LOCAL_STACK")
+    spotify = (
+        {
+            "client_id": EnvVar("SPOTIFY_CLIENT_ID"),
+            "client_secret": EnvVar("SPOTIFY_CLIENT_SECRET"),
+            "api_base_url": config.env("SPOTIFY_API_BASE_URL", config.DEFAULT_SPOTIFY_API_BASE_URL),
+            "token_url": config.env("SPOTIFY_TOKEN_URL", config.DEFAULT_SPOTIFY_TOKEN_URL),
+        }
+        if own_services
+        else {"local_stack": True}
+    )
+    artists_path = config.env("TOPTRACKS_LOCAL_ARTISTS_DB") if own_services else None
     return {
-        "artists_db": SQLiteArtistsDatabase(
-            path=config.env("TOPTRACKS_LOCAL_ARTISTS_DB", config.DEFAULT_LOCAL_ARTISTS_DB)
+        "artists_db": SQLiteArtistsDatabase(path=artists_path)
+        if artists_path
+        else SQLiteArtistsDatabase(local_stack=True),
+        "spotify": SpotifyResource(
+            **spotify,
+            concurrency=config.spotify_concurrency(16),
+            requests_per_second=config.spotify_requests_per_second(0.0),
+            max_retry_after_s=config.spotify_max_retry_after_s(),
         ),
-        "spotify": _spotify(
-            f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/v1",
-            f"http://{host}:{config.LOCAL_SPOTIFY_PORT}/api/token",
-            concurrency=16,
-            rate=0.0,
-        ),
-        # DynamoDB Local on disk absorbs more parallel batches than it gets from 8 writers.
-        "dynamodb": _dynamodb(f"http://{host}:{config.LOCAL_DYNAMODB_PORT}", write_concurrency=16),
-        "raw_storage": LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR)),
+        "dynamodb": _dynamodb(local_stack=not own_services),
+        "raw_storage": _raw_storage(),
     }
 
 
@@ -77,16 +76,10 @@ def _prod_resources() -> dict:
     host = config.env("MYSQL_HOST")
     user = config.env("MYSQL_USER")
     if not host or not user:
-        raise config.ConfigError("DAGSTER_DEPLOYMENT=prod needs MYSQL_HOST and MYSQL_USER (see README, Configuration)")
+        raise config.ConfigError("DAGSTER_DEPLOYMENT=prod needs MYSQL_HOST and MYSQL_USER (see docs/configuration.md)")
     iam_auth = config.env_bool("MYSQL_IAM_AUTH")
     # An empty MYSQL_PASSWORD is a valid (if unwise) password; an unset one means none.
     password = EnvVar("MYSQL_PASSWORD") if not iam_auth and config.is_set("MYSQL_PASSWORD") else None
-    bucket = config.env("TOPTRACKS_RAW_S3_BUCKET")
-    raw_storage = (
-        _s3_raw_storage(bucket)
-        if bucket
-        else LocalRawStorage(base_dir=config.env("TOPTRACKS_RAW_DIR", config.DEFAULT_RAW_DIR))
-    )
     return {
         "artists_db": MySQLArtistsDatabase(
             host=host,
@@ -98,18 +91,15 @@ def _prod_resources() -> dict:
             region_name=config.region(),
             ssl_ca=config.env("MYSQL_SSL_CA"),
         ),
-        "spotify": _spotify(
-            config.DEFAULT_SPOTIFY_API_BASE_URL, config.DEFAULT_SPOTIFY_TOKEN_URL, concurrency=8, rate=20.0
+        "spotify": SpotifyResource(
+            client_id=EnvVar("SPOTIFY_CLIENT_ID"),
+            client_secret=EnvVar("SPOTIFY_CLIENT_SECRET"),
+            api_base_url=config.env("SPOTIFY_API_BASE_URL", config.DEFAULT_SPOTIFY_API_BASE_URL),
+            token_url=config.env("SPOTIFY_TOKEN_URL", config.DEFAULT_SPOTIFY_TOKEN_URL),
+            concurrency=config.spotify_concurrency(8),
+            requests_per_second=config.spotify_requests_per_second(20.0),
+            max_retry_after_s=config.spotify_max_retry_after_s(),
         ),
-        "dynamodb": _dynamodb(None),
-        "raw_storage": raw_storage,
+        "dynamodb": _dynamodb(),
+        "raw_storage": _raw_storage(),
     }
-
-
-def _s3_raw_storage(bucket: str) -> RawStorage:
-    # Imported here: only a deployment that keeps raw data in S3 pays for importing dagster-aws.
-    from dagster_aws.s3 import S3Resource
-
-    from toptracks_dagster.raw_storage.s3 import S3RawStorage
-
-    return S3RawStorage(s3=S3Resource(region_name=config.region()), bucket=bucket)

@@ -1,4 +1,4 @@
-"""The refresh job (all markets of a run in one run); the audit is an op job of the dynamodb room."""
+"""The refresh job: every market of a run in one run (a single-run partition range)."""
 
 from dagster import AssetSelection, define_asset_job
 
@@ -6,12 +6,8 @@ from toptracks_dagster.partitions import country_partitions
 
 top_tracks_job = define_asset_job(
     "top_tracks_job",
-    # The refresh verifies what it changed (checks inside the asset steps); the full audit is an op job.
     selection=AssetSelection.assets("artist_ids", "raw_top_tracks", "top_tracks"),
-    description=(
-        "Refresh the markets of the run end to end: read artist ids once, fetch the artists the refresh config "
-        "chooses for every market together, load DynamoDB exactly. A partition range is one run."
-    ),
+    description="Read the artist ids, fetch what the refresh mode chooses, make the table equal the raw data.",
 )
 
 

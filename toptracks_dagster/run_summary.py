@@ -28,23 +28,28 @@ class RunSummary:
     run_metadata: dict = field(default_factory=dict)
 
 
-def summarize(result, markets: list[str], seconds: float) -> RunSummary:
+def summarize(result, markets: list[str], seconds: float, run_tags: dict | None = None) -> RunSummary:
+    """The run's outcome for the terminal; a failed ERROR check fails the summary too (wrong data is a failure)."""
     summary = RunSummary(result.run_id, result.success, seconds, rows={m: {} for m in markets})
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        values = {k: v.value for k, v in materialization.metadata.items()}
-        asset = materialization.asset_key.to_user_string()
-        if materialization.partition in summary.rows:
-            summary.rows[materialization.partition][asset] = values
-        else:
-            summary.run_metadata[asset] = values
+    summary.run_metadata = {k.split("/", 1)[1]: v for k, v in (run_tags or {}).items() if k.startswith("toptracks/")}
+    for event in result.all_events:
+        data = event.event_specific_data
+        found = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
+        if event.event_type_value not in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION") or found is None:
+            continue
+        if found.partition in summary.rows:
+            values = {k: v.value for k, v in found.metadata.items()}
+            summary.rows[found.partition].setdefault(found.asset_key.to_user_string(), {}).update(values)
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.passed:
             continue
-        where = f"{evaluation.check_name}" + (f" [{evaluation.partition}]" if evaluation.partition else "")
+        where = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}" + (
+            f" [{evaluation.partition}]" if evaluation.partition else ""
+        )
         line = f"{where}: {evaluation.description or 'failed'}"
         if evaluation.severity == AssetCheckSeverity.ERROR:
             summary.failed_checks.append(line)
+            summary.success = False
         else:
             summary.warnings.append(line)
     for event in result.all_events:
@@ -70,31 +75,31 @@ def root_cause(failure_data) -> str:
 
 
 def print_summary(summary: RunSummary) -> None:
-    header = (
-        f"{'market':<8}{'artists':>8}{'fetched':>8}{'404':>6}{'tracks':>8}{'written':>9}{'unchanged':>10}"
-        f"{'deleted':>9}  raw"
-    )
+    header = f"{'market':<8}{'artists':>8}{'fetched':>8}{'404':>6}{'tracks':>8}{'written':>9}{'deleted':>9}  raw"
     print("\n" + header)
     print("-" * len(header))
     for market, assets in summary.rows.items():
         raw = assets.get("raw_top_tracks", {})
         table = assets.get("top_tracks", {})
-        published = "" if not raw else ("published" if raw.get("published") else "REJECTED (previous kept)")
+        state = (
+            ""
+            if not raw
+            else "unchanged"
+            if not raw.get("rewritten")
+            else "published"
+            if raw.get("published")
+            else "REJECTED (previous kept)"
+        )
         print(
             f"{market:<8}{raw.get('artists', '-'):>8}{raw.get('artists_fetched', '-'):>8}"
-            f"{raw.get('artists_not_found_404', '-'):>6}{raw.get('tracks', '-'):>8}{table.get('items_written', '-'):>9}"
-            f"{table.get('items_unchanged', '-'):>10}{table.get('items_deleted', '-'):>9}  {published}"
+            f"{raw.get('artists_not_found', '-'):>6}{raw.get('tracks', '-'):>8}{table.get('items_written', '-'):>9}"
+            f"{table.get('items_deleted', '-'):>9}  {state}"
         )
-    spotify = summary.run_metadata.get("raw_top_tracks") or next(
-        (assets["raw_top_tracks"] for assets in summary.rows.values() if "raw_top_tracks" in assets), {}
+    spotify = summary.run_metadata
+    print(
+        f"\n{spotify.get('spotify_requests', 0)} Spotify requests ({spotify.get('spotify_status_429', 0)} answered "
+        f"429) in {summary.seconds:.1f} s in all"
     )
-    if spotify:
-        print(
-            f"\n{spotify.get('run_requests', 0)} Spotify requests ({spotify.get('run_responses_429', 0)} answered 429) "
-            f"in {summary.seconds:.1f} s in all"
-        )
-    else:
-        print(f"\n{summary.seconds:.1f} s in all")
     for line in summary.warnings:
         print(f"WARN  {line}")
     for line in summary.failed_checks:

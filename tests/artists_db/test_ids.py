@@ -2,7 +2,7 @@
 
 import pytest
 
-from toptracks_dagster.artists_db.ids import screen_artist_ids
+from toptracks_dagster.artists_db.resources import id_set_fingerprint, screen_artist_ids
 from toptracks_dagster.config import ConfigError, parse_countries
 
 GOOD = "0OdUWJ0sBjDrqHygGUXeCF"
@@ -13,7 +13,7 @@ def test_trims_dedupes_and_keeps_order():
     screened = screen_artist_ids([f"  {GOOD}\t", OTHER, GOOD, b"1vCWHaC5f2uS3yhpwWbIA6"])
     assert screened.valid == [GOOD, OTHER]
     assert screened.duplicates == 2
-    assert screened.invalid == []
+    assert screened.invalid == [] and screened.invalid_rows == 0
     assert screened.rows == 4
 
 
@@ -26,6 +26,7 @@ def test_trims_dedupes_and_keeps_order():
         "../../v1/me/player",
         GOOD[:21] + "/",
         GOOD[:21] + "é",
+        GOOD + "\u00a0",  # not ASCII whitespace: the SQL fingerprint would not trim it either
         None,
         12345,
         GOOD[:11] + " " + GOOD[12:],
@@ -34,12 +35,25 @@ def test_trims_dedupes_and_keeps_order():
 def test_rejects_anything_not_base62_22(bad):
     screened = screen_artist_ids([bad, GOOD])
     assert screened.valid == [GOOD]
-    assert screened.invalid == [repr(bad)]
+    assert screened.invalid == [repr(bad)] and screened.invalid_rows == 1
 
 
-def test_invalid_values_are_listed_once():
+def test_invalid_values_are_listed_once_and_counted_always():
     screened = screen_artist_ids(["bad id", "bad id", "other bad"])
     assert screened.invalid == ["'bad id'", "'other bad'"]
+    assert screened.invalid_rows == 3
+
+
+def test_invalid_sample_is_bounded():
+    screened = screen_artist_ids(f"bad {n}" for n in range(5000))
+    assert screened.invalid_rows == 5000 and len(screened.invalid) == 100
+
+
+def test_fingerprint_follows_the_set_not_order_or_repeats():
+    assert id_set_fingerprint([GOOD, OTHER]) == id_set_fingerprint([OTHER, GOOD, GOOD])
+    assert id_set_fingerprint([GOOD]) != id_set_fingerprint([OTHER])
+    assert id_set_fingerprint([]).startswith("0-")
+    assert screen_artist_ids([f" {GOOD}", "bad", OTHER]).fingerprint == id_set_fingerprint([GOOD, OTHER])
 
 
 def test_countries_are_parsed_strictly():

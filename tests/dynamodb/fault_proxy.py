@@ -4,7 +4,7 @@ DynamoDB Local ignores throughput: it never throttles and never hands back Unpro
 between boto3 and DynamoDB Local and, per its `FaultPlan`:
 - hands back a share of each BatchWriteItem's write requests as UnprocessedItems (forwarding only the rest
   and merging the held-back ones into the real response);
-- answers a share of BatchWriteItem calls with HTTP 400 ProvisionedThroughputExceededException;
+- answers a share of BatchWriteItem and TransactWriteItems calls with HTTP 400 ProvisionedThroughputExceededException;
 - drops the connection for a share of calls (any operation), half of them before forwarding (nothing
   applied) and half after (applied, but the answer is lost: tests idempotency).
 
@@ -36,9 +36,9 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 @dataclass
 class FaultPlan:
     unprocessed_share: float = 0.0  # share of write requests handed back as UnprocessedItems
-    throttle_share: float = 0.0  # share of BatchWriteItem calls answered ProvisionedThroughputExceededException
+    throttle_share: float = 0.0  # share of write calls answered ProvisionedThroughputExceededException
     drop_share: float = 0.0  # share of calls (drop_operations) whose connection is dropped
-    drop_operations: frozenset[str] = frozenset({"BatchWriteItem", "Query", "GetItem"})
+    drop_operations: frozenset[str] = frozenset({"BatchWriteItem", "TransactWriteItems", "Query", "GetItem"})
     max_hits: int | None = 1  # per distinct request / item; None = forever (a permanent fault)
     salt: str = ""
 
@@ -145,7 +145,9 @@ def _handler_for(proxy: FaultProxy):
             if drop and not drop_after:
                 proxy._count(dropped_before=1)
                 return self._drop()
-            if operation == "BatchWriteItem" and proxy._hit("throttle", plan.throttle_share, identity):
+            if operation in ("BatchWriteItem", "TransactWriteItems") and proxy._hit(
+                "throttle", plan.throttle_share, identity
+            ):
                 proxy._count(throttled=1)
                 return self._answer(
                     400,

@@ -1,9 +1,9 @@
-"""Helpers for the DynamoDB tests: outcomes straight from the emulator's catalog, loads with fast backoff,
-and a wire-level request recorder that counts what boto3 really sends (independently of LoadStats)."""
+"""Helpers for the DynamoDB tests: outcomes from the emulator's catalog, written as real raw partitions and
+loaded, and a wire-level recorder that counts what boto3 really sends."""
 
 from __future__ import annotations
 
-import json
+import tempfile
 import threading
 from collections import Counter
 
@@ -11,31 +11,21 @@ import boto3
 from botocore.config import Config
 
 from tests.conftest import TEST_AWS_ENV
-from toptracks_dagster.dynamodb.items import dynamo_compatible
-from toptracks_dagster.dynamodb.loader import MarketLoader
+from toptracks_dagster.dynamodb.load import MarketLoad, MarketLoader, storable
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import PIPELINE_ATTRIBUTES
-from toptracks_dagster.dynamodb.writer import LoadStats
+from toptracks_dagster.raw_storage.resources import LocalRawStorage
 from toptracks_dagster.spotify.client import TopTracksOutcome
+from toptracks_dagster.spotify.raw import PartitionMerge, RawPartition, raw_partition_key
 
 T0 = "2026-03-01T00:00:00.000Z"
 T1 = "2026-03-02T00:00:00.000Z"
 T2 = "2026-03-03T00:00:00.000Z"
-WRITE_OPERATIONS = {
-    "BatchWriteItem",
-    "PutItem",
-    "DeleteItem",
-    "UpdateItem",
-    "TransactWriteItems",
-    "BatchExecuteStatement",
-    "ExecuteStatement",
-    "ExecuteTransaction",
-}
-FAST = {"base_delay_s": 0.001, "max_delay_s": 0.01}
+WRITE_OPERATIONS = {"BatchWriteItem", "PutItem", "DeleteItem", "UpdateItem", "TransactWriteItems"}
 
 
 def outcomes(catalog, artist_ids: list[str], market: str, requested_at: str = T0) -> list[TopTracksOutcome]:
-    """What the Spotify client would have written to the raw partition, straight from the catalog."""
+    """What the Spotify client would have fetched, straight from the catalog."""
     result = []
     for artist_id in artist_ids:
         tracks = catalog.top_tracks(artist_id, market)
@@ -43,9 +33,24 @@ def outcomes(catalog, artist_ids: list[str], market: str, requested_at: str = T0
     return result
 
 
-def load(client, table: str, market: str, outs, **kwargs) -> LoadStats:
-    options = {**FAST, "concurrency": 4, **kwargs}
-    return MarketLoader(client, table, market, **options).load(outs)
+def raw_partition(outs: list[TopTracksOutcome], market: str = "US", directory: str | None = None) -> RawPartition:
+    """`outs` written as a real, published raw partition (through the merge the raw asset uses), opened."""
+    storage = LocalRawStorage(base_dir=directory or tempfile.mkdtemp(prefix="raw-"))
+    ordered = sorted(outs, key=lambda o: o.artist_id)
+    with storage.write_aside(raw_partition_key(market)) as (stream, pending):
+        merge = PartitionMerge(stream, market, [o.artist_id for o in ordered], (), {}, planned=len(ordered))
+        for outcome in ordered:
+            merge.push(outcome)
+        merge.finish()
+    pending.publish()
+    return RawPartition.open(storage, market)
+
+
+def load(client, table: str, market: str, outs, artists: set[str] | None = None, **options) -> MarketLoad:
+    """Load `outs` as one market's raw partition; `artists` None: a full reconcile."""
+    raw = raw_partition(list(outs), market)
+    loader = MarketLoader(client, table, market, concurrency=options.pop("concurrency", 4), log=lambda m: None)
+    return loader.load(raw, artists, options.pop("max_delete_share", 1.0), options.pop("delete_allowed", False))
 
 
 def resource_client(endpoint: str, max_attempts: int = 3):
@@ -61,24 +66,21 @@ def resource_client(endpoint: str, max_attempts: int = 3):
 
 
 def client_without_sdk_retries(endpoint: str):
-    """A client on which botocore never retries, so only the loader's own resends remain."""
     return boto3.client(
         "dynamodb",
         endpoint_url=endpoint,
         region_name=TEST_AWS_ENV["AWS_REGION"],
         aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-        # `total_max_attempts` counts the first try; the `max_attempts` key of this dict counts retries only.
         config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
     )
 
 
 class WireRecorder:
-    """Every HTTP request a boto3 client sends (botocore's `before-send` event fires once per attempt)."""
+    """Every HTTP request a boto3 client sends (botocore's `before-send` fires once per attempt)."""
 
     def __init__(self, client):
         self.operations: Counter = Counter()
-        self.batches: list[list[tuple[str, str, str]]] = []  # per BatchWriteItem: (kind, artist_id, sort key)
         self._lock = threading.Lock()
         client.meta.events.register("before-send.dynamodb", self._record)
 
@@ -87,23 +89,11 @@ class WireRecorder:
         operation = (operation.decode() if isinstance(operation, bytes) else operation).rsplit(".", 1)[-1]
         with self._lock:
             self.operations[operation] += 1
-            if operation == "BatchWriteItem":
-                body = json.loads(request.body)
-                batch = []
-                for requests in body["RequestItems"].values():
-                    for entry in requests:
-                        kind = "put" if "PutRequest" in entry else "delete"
-                        key = entry["PutRequest"]["Item"] if kind == "put" else entry["DeleteRequest"]["Key"]
-                        batch.append((kind, key["artist_id"]["S"], key["country_track_id"]["S"]))
-                self.batches.append(batch)
-        return None  # continue with the real request
+        return None
 
     @property
     def writes(self) -> int:
         return sum(n for op, n in self.operations.items() if op in WRITE_OPERATIONS)
-
-    def written(self, kind: str) -> list[tuple[str, str]]:
-        return [(artist, key) for batch in self.batches for k, artist, key in batch if k == kind]
 
 
 def expected_items(catalog, artist_ids: list[str], market: str) -> dict[tuple[str, str], dict]:
@@ -127,4 +117,4 @@ def assert_market_exact(items: dict, catalog, artist_ids: list[str], market: str
         assert item["rank"] == want["rank"], key
         assert item["country"] == market
         track_fields = {k: v for k, v in item.items() if k not in PIPELINE_ATTRIBUTES}
-        assert track_fields == {k: dynamo_compatible(v) for k, v in want["track"].items()}, key
+        assert track_fields == {k: storable(v) for k, v in want["track"].items()}, key

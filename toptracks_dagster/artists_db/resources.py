@@ -1,50 +1,115 @@
-"""The artists database: `SELECT id FROM artists` on MySQL/RDS (pymysql), or an embedded SQLite for `local`."""
+"""The artists database: `SELECT id FROM artists` on MySQL/RDS (pymysql), or an embedded SQLite for `local`.
+Rows are streamed and screened as they arrive, so memory holds the id list and nothing per row."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import sqlite3
-import time
 from abc import ABC, abstractmethod
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pymysql
-from dagster import ConfigurableResource, get_dagster_logger
+import pymysql.cursors
+from dagster import ConfigurableResource
 from pydantic import Field
 
+from toptracks_dagster.common import is_valid_spotify_id
+from toptracks_dagster.config import PermanentError
+
+# Trimmed the same way in Python and in SQL: ASCII whitespace only, so both sides agree on every value.
+WHITESPACE = " \t\n\r\x0b\x0c"
+_SQL_VALID_ID = f"^[{WHITESPACE}]*[0-9A-Za-z]{{22}}[{WHITESPACE}]*$"
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_INVALID_SAMPLE = 100  # distinct invalid values kept to show; every invalid row is counted
+_BATCH = 5000  # rows per fetchmany
+# MySQL errors no retry fixes: access denied (db, user, table, column), unknown database, table or column.
+_PERMANENT_CODES = {1044, 1045, 1049, 1054, 1142, 1143, 1146}
 
 
 class ArtistsDatabaseError(RuntimeError):
-    """The artists database is unreachable or misconfigured; the message names where, never a password."""
+    """The artists database could not be read; the message names host:port/database and the cause."""
+
+
+class ArtistsDatabaseUnusable(ArtistsDatabaseError, PermanentError):
+    """Credentials, database, table or column are wrong: retrying cannot help."""
+
+
+@dataclass
+class ScreenedArtistIds:
+    valid: list[str] = field(default_factory=list)  # trimmed, unique, in first-seen order
+    invalid: list[str] = field(default_factory=list)  # repr() of the first distinct rejected values
+    invalid_rows: int = 0
+    duplicates: int = 0  # rows that repeated an id already seen (after trimming)
+    rows: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        return id_set_fingerprint(self.valid)
+
+
+def screen_artist_ids(values: Iterable[object]) -> ScreenedArtistIds:
+    """Trim, de-duplicate and validate raw `artists.id` values (str, bytes or anything a driver returns)."""
+    screened = ScreenedArtistIds()
+    seen: set[str] = set()
+    for value in values:
+        screened.rows += 1
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("utf-8", errors="replace")
+        text = value.strip(WHITESPACE) if isinstance(value, str) else None
+        if text is None or not is_valid_spotify_id(text):
+            screened.invalid_rows += 1
+            shown = repr(value)[:80]
+            if len(screened.invalid) < _INVALID_SAMPLE and shown not in screened.invalid:
+                screened.invalid.append(shown)
+        elif text in seen:
+            screened.duplicates += 1
+        else:
+            seen.add(text)
+            screened.valid.append(text)
+    return screened
+
+
+def _format_fingerprint(count: int, total: int) -> str:
+    return f"{count}-{total % 2**64:016x}"
+
+
+def id_set_fingerprint(ids: Iterable[str]) -> str:
+    """Count and sum mod 2^64 of the first 64 bits of each distinct id's SHA-256: unlike a CRC checksum, no id
+    can be swapped for a crafted one without changing it."""
+    distinct = set(ids)
+    return _format_fingerprint(
+        len(distinct), sum(int(hashlib.sha256(i.encode()).hexdigest()[:16], 16) for i in distinct)
+    )
 
 
 class ArtistsDatabase(ConfigurableResource, ABC):
-    """Reads artist ids. Subclasses differ only in how they connect."""
+    """Reads artist ids. Subclasses differ in how they connect and stream rows."""
 
     table: str = Field(default="artists", description="Table holding one artist per row in column `id`.")
-
-    @abstractmethod
-    def fetch_raw_ids(self) -> list[object]:
-        """Every `id` value of the table, untouched (screening happens in the asset)."""
 
     @abstractmethod
     def describe(self) -> str:
         """Where the ids come from, for messages and metadata (no secrets)."""
 
-    def id_set_fingerprint(self) -> str:
-        """A digest of the set of ids: equal digests mean nothing to do for the sensor."""
-        digest = hashlib.sha256()
-        for value in sorted(str(v).strip() for v in self.fetch_raw_ids()):
-            digest.update(value.encode() + b"\n")
-        return digest.hexdigest()
+    @abstractmethod
+    def rows(self) -> Iterator[object]:
+        """Every `id` value of the table, streamed."""
+
+    def read_ids(self) -> ScreenedArtistIds:
+        return screen_artist_ids(self.rows())
+
+    def fingerprint(self) -> str:
+        """The screened id set's fingerprint; equal to `read_ids().fingerprint`."""
+        return self.read_ids().fingerprint
 
     def _checked_table(self) -> str:
-        # The table name is configuration, not data, but it is still spliced into SQL: allow identifiers only.
+        # The table name is configuration, yet spliced into SQL: plain identifiers only.
         if not _IDENTIFIER_RE.match(self.table):
-            raise ArtistsDatabaseError(f"artists table name {self.table!r} is not a plain SQL identifier")
+            raise ArtistsDatabaseUnusable(f"{self.describe()}: table name {self.table!r} is not a plain identifier")
         return self.table
 
 
@@ -60,7 +125,7 @@ class MySQLArtistsDatabase(ArtistsDatabase):
     region_name: str | None = Field(default=None, description="AWS region for the IAM token.")
     ssl_ca: str | None = Field(default=None, description="CA bundle for TLS (required by RDS IAM auth).")
     connect_timeout_s: int = 10
-    connect_attempts: int = 3
+    read_timeout_s: int = Field(default=60, description="Longest wait for one answer packet of the server.")
 
     def describe(self) -> str:
         return f"mysql://{self.user}@{self.host}:{self.port}/{self.database} table `{self.table}`"
@@ -76,75 +141,88 @@ class MySQLArtistsDatabase(ArtistsDatabase):
                 DBHostname=self.host, Port=self.port, DBUsername=self.user, Region=self.region_name
             )
 
-    def _connect(self) -> pymysql.connections.Connection:
-        log = get_dagster_logger()
-        last_error: Exception | None = None
-        for attempt in range(1, self.connect_attempts + 1):
-            try:
-                return pymysql.connect(
-                    host=self.host,
-                    port=self.port,
-                    user=self.user,
-                    password=self._password() or "",
-                    database=self.database,
-                    connect_timeout=self.connect_timeout_s,
-                    read_timeout=60,
-                    charset="utf8mb4",
-                    ssl_ca=self.ssl_ca,
-                    ssl_verify_identity=bool(self.ssl_ca),
-                )
-            except pymysql.err.OperationalError as error:
-                last_error = error
-                code = error.args[0] if error.args else None
-                if code in (1044, 1045, 1049):  # access denied / unknown database: retrying will not help
-                    break
-                if attempt < self.connect_attempts:
-                    log.warning(
-                        f"artists database: connection attempt {attempt} to {self.host}:{self.port} failed "
-                        f"({error}); retrying"
-                    )
-                    time.sleep(0.5 * 2 ** (attempt - 1))
-        raise ArtistsDatabaseError(f"cannot connect to {self.describe()}: {last_error}") from None
+    def _error(self, error: Exception) -> ArtistsDatabaseError:
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        kind = ArtistsDatabaseUnusable if code in _PERMANENT_CODES else ArtistsDatabaseError
+        return kind(f"artists database {self.host}:{self.port}/{self.database} (table `{self.table}`): {error}")
 
-    def _query(self, sql: str) -> list[tuple]:
-        with closing(self._connect()) as connection, connection.cursor() as cursor:
-            try:
-                cursor.execute(sql)
-            except pymysql.err.ProgrammingError as error:
-                if error.args and error.args[0] == 1146:
-                    raise ArtistsDatabaseError(f"table `{self.table}` does not exist in {self.describe()}") from None
-                raise ArtistsDatabaseError(f"query failed on {self.describe()}: {error}") from None
-            return list(cursor.fetchall())
-
-    def fetch_raw_ids(self) -> list[object]:
-        return [row[0] for row in self._query(f"SELECT id FROM `{self._checked_table()}`")]
-
-    def id_set_fingerprint(self) -> str:
-        # One aggregate row instead of the whole table: the sensor runs this every tick.
+    def _execute(self, sql: str, args=None) -> Iterator[tuple]:
+        """Rows of one query over an unbuffered cursor, with every database error named by host and database."""
         table = self._checked_table()
-        ((count, xor_crc, sum_crc),) = self._query(
-            f"SELECT COUNT(*), BIT_XOR(CRC32(TRIM(id))), COALESCE(SUM(CRC32(TRIM(id))), 0) FROM `{table}`"
+        try:
+            connection = pymysql.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self._password() or "",
+                database=self.database,
+                connect_timeout=self.connect_timeout_s,
+                read_timeout=self.read_timeout_s,
+                write_timeout=self.read_timeout_s,
+                charset="utf8mb4",
+                ssl_ca=self.ssl_ca,
+                ssl_verify_identity=bool(self.ssl_ca),
+                cursorclass=pymysql.cursors.SSCursor,
+            )
+        except pymysql.err.MySQLError as error:
+            raise self._error(error) from None
+        cursor = connection.cursor()  # no `with`: closing an SSCursor reads all rows left, even on a dead socket
+        try:
+            cursor.execute(sql.format(table=table), args)
+            while batch := cursor.fetchmany(_BATCH):
+                yield from batch
+        except pymysql.err.MySQLError as error:
+            if cursor._result is not None:  # pymysql would drain the dead connection again when collecting it
+                cursor._result.unbuffered_active = False
+            raise self._error(error) from None
+        finally:
+            if connection.open:
+                connection.close()
+
+    def rows(self) -> Iterator[object]:
+        return (row[0] for row in self._execute("SELECT id FROM `{table}`"))
+
+    def fingerprint(self) -> str:
+        # One aggregate row instead of the table: the sensor runs this every tick. Same screening as Python's.
+        ((count, total),) = self._execute(
+            "SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT(SHA2(i, 256), 16), 16, 10) AS UNSIGNED)), 0) FROM "
+            "(SELECT DISTINCT CAST(REGEXP_SUBSTR(id, '[0-9A-Za-z]{{22}}') AS BINARY) AS i "
+            "FROM `{table}` WHERE id REGEXP BINARY %s) AS screened",
+            (_SQL_VALID_ID,),
         )
-        return f"{count}:{xor_crc}:{sum_crc}"
+        return _format_fingerprint(int(count), int(total))
 
 
 class SQLiteArtistsDatabase(ArtistsDatabase):
-    """The embedded default: a SQLite file seeded with demo artists, so `local` needs no server."""
+    """The embedded default: a SQLite file seeded with demo artists, so `local` needs no server. With
+    `local_stack` and no path, the local stack's file, found (or the stack started) when it is first read."""
 
-    path: str
+    path: str = ""
+    local_stack: bool = False
+    busy_timeout_s: float = 10.0
+
+    def _path(self) -> str:
+        if self.path or not self.local_stack:
+            return self.path
+        from toptracks_dagster.dev.stack import ensure_local_stack
+
+        return ensure_local_stack()["TOPTRACKS_LOCAL_ARTISTS_DB"]
 
     def describe(self) -> str:
-        return f"sqlite://{self.path} table `{self.table}`"
+        return f"sqlite://{self.path or 'the local stack'} table `{self.table}`"
 
-    def fetch_raw_ids(self) -> list[object]:
-        if not Path(self.path).exists():
-            raise ArtistsDatabaseError(
-                f"embedded artists database {self.path} does not exist; "
-                "run through `toptracks run` or `toptracks dev`, which seed it"
-            )
-        with closing(sqlite3.connect(self.path)) as connection:
-            try:
-                rows = connection.execute(f"SELECT id FROM {self._checked_table()}").fetchall()
-            except sqlite3.OperationalError as error:
-                raise ArtistsDatabaseError(f"{self.describe()}: {error}") from None
-        return [row[0] for row in rows]
+    def rows(self) -> Iterator[object]:
+        table = self._checked_table()
+        path = self._path()
+        if not Path(path).exists():
+            raise ArtistsDatabaseUnusable(f"sqlite://{path} does not exist: `toptracks run` and `dev` seed it")
+        try:
+            uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s)) as connection:
+                cursor = connection.execute(f"SELECT id FROM {table}")
+                while batch := cursor.fetchmany(_BATCH):
+                    yield from (row[0] for row in batch)
+        except sqlite3.Error as error:
+            permanent = str(error).startswith(("no such table", "no such column"))
+            kind = ArtistsDatabaseUnusable if permanent else ArtistsDatabaseError
+            raise kind(f"{self.describe()}: {error}") from None

@@ -7,16 +7,13 @@
   toptracks plan                       what TOPTRACKS_REQUESTS_PER_DAY keeps: rotation, requests per run, staleness
 
 With DAGSTER_DEPLOYMENT=local (the default) they use the local stack, starting it when it is not running:
-Spotify emulator, DynamoDB (DynamoDB Local, or moto without Java) and a seeded SQLite artists table. It stays up
+Spotify emulator, DynamoDB (moto) and a seeded SQLite artists table. It stays up
 between commands until `toptracks stack stop`. With `prod` they use the config contract's variables.
-
-One module per command: run.py (`run`, `dev`), query.py, stack.py, plan.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import warnings
@@ -45,9 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # inside the try: a closed pipe shows up here, not as a traceback at exit
-        # What is left lives until exit: frozen, it is not walked by the interpreter's last garbage collection,
-        # which over Dagster's object graph took about 1 s of every `toptracks run` here.
-        gc.freeze()
         return code
     except config.ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)

@@ -1,7 +1,5 @@
 """`toptracks plan`: the freshness bound the request budget keeps, before anything is fetched."""
 
-from __future__ import annotations
-
 from toptracks_dagster import config
 
 
@@ -15,7 +13,7 @@ def add_plan_command(commands) -> None:
 
 def run_plan_command(args) -> int:
     """Print what the budget keeps. Exit 0 when it keeps the target, 3 when the catalogue is past it."""
-    from toptracks_dagster.spotify.budget import ROLLING_INTERVAL_S, RotationPlan
+    from toptracks_dagster.spotify.budget import RUNS_PER_DAY, RotationPlan
 
     artists = args.artists
     if artists is None:
@@ -38,9 +36,6 @@ def run_plan_command(args) -> int:
             f"{target:g} day(s) needs a budget of at least {-(-artists * markets // max(1, int(target))):,} a day."
         )
         return 0
-    rotation = RotationPlan(
-        artists=artists, markets=markets, budget=budget, runs_per_day=86400 // ROLLING_INTERVAL_S, target_days=target
-    )
-    for line in rotation.lines():
-        print(line)
+    rotation = RotationPlan(artists, markets, budget, RUNS_PER_DAY, target)
+    print("\n".join(rotation.lines()))
     return 0 if rotation.keeps_target else 3

@@ -1,12 +1,11 @@
 """`toptracks query`: read the top_tracks table, each a keyed read, never a Scan.
 
-  query track ARTIST MARKET TRACK_ID      one track
-  query top ARTIST MARKET                  the artist's top list in rank order
-  query popular MARKET --min N [--limit K] tracks above popularity N, most popular first
+  query track ARTIST MARKET TRACK_ID      one track (GetItem)
+  query top ARTIST MARKET                  the artist's top list in rank order (Query on the key)
+  query popular MARKET --min N [--limit K] tracks above popularity N, most popular first (Query on the GSI)
 
 Each prints a table, or JSON with --json. The table and endpoint come from the config contract
-(TOPTRACKS_TABLE, DYNAMODB_ENDPOINT_URL, AWS_REGION); --table overrides the table name. The reads themselves
-are dynamodb/queries.py.
+(TOPTRACKS_TABLE, DYNAMODB_ENDPOINT_URL, AWS_REGION); --table overrides the table name.
 """
 
 from __future__ import annotations
@@ -15,17 +14,85 @@ import argparse
 import json
 import sys
 import unicodedata
+from decimal import Decimal
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from toptracks_dagster import config
-from toptracks_dagster.dynamodb.queries import (
-    EndpointUnreachable,
-    QueryError,
-    artist_top_list,
-    get_track,
-    popular_tracks,
-)
-from toptracks_dagster.dynamodb.table import PARTITION_KEY
+from toptracks_dagster.dynamodb.load import artist_items
+from toptracks_dagster.dynamodb.table import GSI_NAME, PARTITION_KEY, SORT_KEY, TRANSIENT_EXCEPTIONS, sort_key
+
+
+class QueryError(RuntimeError):
+    """A query could not be answered; the message names the table, the endpoint and what to do."""
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB values back to JSON values: Decimal -> int or float."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [plain(v) for v in value]
+    return value
+
+
+def get_track(client, table: str, artist_id: str, market: str, track_id: str) -> dict | None:
+    """The item of `track_id` in `artist_id`'s top list for `market`, or None."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    key = {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": sort_key(market, track_id)}}
+    response = _explained(client, table, lambda: client.get_item(TableName=table, ConsistentRead=True, Key=key))
+    item = response.get("Item")
+    return plain({k: TypeDeserializer().deserialize(v) for k, v in item.items()}) if item else None
+
+
+def artist_top_list(client, table: str, artist_id: str, market: str) -> list[dict]:
+    """The artist's top tracks in `market`, in rank order (the sort key orders by track id)."""
+    items, _ = _explained(client, table, lambda: artist_items(client, table, market, artist_id))
+    return sorted((plain(i) for i in items.values()), key=lambda i: (i.get("rank", 0), i.get(SORT_KEY, "")))
+
+
+def popular_tracks(client, table: str, market: str, min_popularity: int, limit: int | None = None) -> list[dict]:
+    """Tracks in `market` with popularity above `min_popularity`, most popular first: a paginated GSI Query (a
+    FilterExpression needs a key condition, and a Scan would read the whole table)."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    pages = client.get_paginator("query").paginate(
+        TableName=table,
+        IndexName=GSI_NAME,
+        KeyConditionExpression="#c = :m AND #p > :min",
+        ExpressionAttributeNames={"#c": "country", "#p": "popularity"},
+        ExpressionAttributeValues={":m": {"S": market}, ":min": {"N": str(int(min_popularity))}},
+        ScanIndexForward=False,
+        PaginationConfig={k: v for k, v in {"MaxItems": limit, "PageSize": limit}.items() if v},
+    )
+    found = _explained(client, table, lambda: [item for page in pages for item in page.get("Items", [])])
+    items = [plain({k: TypeDeserializer().deserialize(v) for k, v in item.items()}) for item in found]
+    return items[:limit] if limit else items
+
+
+def _explained(client, table: str, read):
+    endpoint = client.meta.endpoint_url
+    try:
+        return read()
+    except TRANSIENT_EXCEPTIONS as error:
+        raise QueryError(f"DynamoDB at {endpoint} is unreachable: {error}; check DYNAMODB_ENDPOINT_URL") from None
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        message = error.response.get("Error", {}).get("Message", "")
+        if code == "ResourceNotFoundException":
+            raise QueryError(
+                f"table {table} does not exist at {endpoint}: materialize top_tracks first (`toptracks run`), "
+                "or point TOPTRACKS_TABLE / DYNAMODB_ENDPOINT_URL at the loaded table"
+            ) from None
+        if code == "ValidationException" and "index" in message.lower():
+            raise QueryError(
+                f"table {table} at {endpoint} has no GSI {GSI_NAME}: not created by this pipeline"
+            ) from None
+        raise QueryError(f"DynamoDB at {endpoint} refused the query on {table}: {code}: {message}") from None
 
 
 def add_query_commands(subparsers) -> argparse.ArgumentParser:
@@ -55,7 +122,6 @@ def add_query_commands(subparsers) -> argparse.ArgumentParser:
         "--min", dest="min_popularity", type=int, required=True, help="popularity strictly above this (0-100)"
     )
     popular.add_argument("--limit", type=_positive, help="at most this many tracks")
-    popular.add_argument("--page-size", type=_positive, help="items per Query request (default: DynamoDB's 1 MB pages)")
     return query
 
 
@@ -80,15 +146,7 @@ def run_query_command(args: argparse.Namespace, client=None, out=None, err=None)
                 print(f"no top tracks for artist {args.artist_id} in {args.market} (table {table})", file=err)
             _print(out, items, args.json, lambda rows: _table(rows, TOP_COLUMNS))
         else:
-            items = popular_tracks(
-                client,
-                table,
-                args.market,
-                args.min_popularity,
-                limit=args.limit,
-                page_size=args.page_size,
-                attributes=None if args.json else POPULAR_ATTRIBUTES,
-            )
+            items = popular_tracks(client, table, args.market, args.min_popularity, limit=args.limit)
             if not items:
                 print(
                     f"no tracks in {args.market} with popularity above {args.min_popularity} (table {table})", file=err
@@ -100,27 +158,19 @@ def run_query_command(args: argparse.Namespace, client=None, out=None, err=None)
         return 2
     except QueryError as error:
         print(f"query failed: {error}", file=err)
-        if isinstance(error, EndpointUnreachable) and config.deployment() == config.LOCAL:
-            print(
-                "DAGSTER_DEPLOYMENT=local: the embedded stack's DynamoDB only runs while the stack does; "
-                "set DYNAMODB_ENDPOINT_URL to query another endpoint",
-                file=err,
-            )
         return 1
 
 
 def dynamodb_resource():
     """The DynamoDB resource from the config contract alone (a query needs no MySQL or Spotify settings)."""
-    from toptracks_dagster.dynamodb.resources import (
-        DynamoDBResource,  # dagster-aws: a heavy import, only when needed
-    )
+    from toptracks_dagster.dynamodb.resources import DynamoDBResource
 
-    local_default = f"http://127.0.0.1:{config.LOCAL_DYNAMODB_PORT}" if config.deployment() == config.LOCAL else None
     return DynamoDBResource(
-        endpoint_url=config.env("DYNAMODB_ENDPOINT_URL", local_default),
+        endpoint_url=config.env("DYNAMODB_ENDPOINT_URL"),
         region_name=config.region(),
         table_name=config.table_name(),
         max_attempts=3,
+        local_stack=config.deployment() == config.LOCAL,
     )
 
 
@@ -140,7 +190,6 @@ POPULAR_COLUMNS = [
     ("name", lambda i: i.get("name")),
     ("artists", lambda i: ", ".join(a.get("name", "") for a in i.get("artists") or [] if isinstance(a, dict))),
 ]
-POPULAR_ATTRIBUTES = [PARTITION_KEY, "id", "name", "rank", "popularity", "artists"]  # name, rank: reserved words
 TRACK_FIELDS = [
     "artist_id",
     "country",

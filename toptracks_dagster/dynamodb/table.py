@@ -1,14 +1,9 @@
-"""The `top_tracks` table: its schema, keys and GSI, its creation, and the errors worth a retry.
+"""The `top_tracks` table: its keys, its GSI and its creation.
 
-Keys: partition key `artist_id`, sort key `country_track_id` = "<market>#<track id>", so the same track in US
-and CA is two items. GSI `country-popularity-index` (hash `country`, range `popularity`, projection INCLUDE) makes
-"tracks in a market above popularity N" a Query. Every market is one GSI partition key: at scale a market's
-items share one GSI partition (about 1,000 writes/s and 3,000 reads/s each), which bounds how fast a single
-market can be rewritten; see README "Scale".
-
-Every item carries a numeric `popularity` (0 and `popularity_missing: true` when the track had none), so every
-item is in the GSI: the sweep that deletes the items of artists gone from the artist list reads the GSI and
-would never see an item left out of it.
+Keys: `artist_id` + `country_track_id` ("<market>#<track id>"), so the same track in two markets is two items.
+GSI `country-popularity-index` (hash `country`, range `popularity`) answers "tracks in a market above popularity
+N" and lets a full refresh find items of artists no longer listed. Every item carries a numeric `popularity`
+(0 and `popularity_missing` when the track had none), so no item is left out of the GSI.
 """
 
 from __future__ import annotations
@@ -17,6 +12,8 @@ import time
 
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from botocore.exceptions import HTTPClientError
+
+from toptracks_dagster.config import PermanentError
 
 PARTITION_KEY = "artist_id"
 SORT_KEY = "country_track_id"
@@ -31,58 +28,20 @@ GSI_KEY_SCHEMA = [
 ]
 ATTRIBUTE_TYPES = {PARTITION_KEY: "S", SORT_KEY: "S", "country": "S", "popularity": "N"}
 # The GSI carries what "tracks in a market above popularity N" shows, not whole items: every base write is also
-# a GSI write billed by the projected size, so ALL would double the cost of each ~3 KB item; this keeps the GSI
-# copy to a few hundred bytes (one write unit) and its pages ~5x denser for the loader's sweep.
+# a GSI write billed by the projected size, so ALL would double the cost of each ~3 KB item.
 GSI_PROJECTION = {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name", "rank", "artists", "fetched_at"]}
-BATCH_SIZE = 25  # BatchWriteItem's limit
-MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
 MAX_SORT_KEY_BYTES = 1024  # DynamoDB's limit for a sort key value
-# Bump when build_item changes what it stores: every item's hash changes, so the next load rewrites them all.
-ITEM_FORMAT = 2
 # Attributes the pipeline owns; a track's own fields never overwrite them.
-PIPELINE_ATTRIBUTES = (PARTITION_KEY, SORT_KEY, "country", "rank", "fetched_at", "content_hash", "popularity_missing")
-
-# Errors after which a whole batch is resent with the loader's backoff. botocore's standard retry mode already
-# retries them a few times, but its retry quota runs dry under sustained throttling (it then raises at once);
-# the loader's own bounded loop keeps a long load alive and counts what it finally could not write.
-RETRYABLE_ERROR_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
-TRANSIENT_EXCEPTIONS = (BotocoreConnectionError, HTTPClientError)  # the same classes botocore retries
+PIPELINE_ATTRIBUTES = (PARTITION_KEY, SORT_KEY, "country", "rank", "fetched_at", "popularity_missing")
+TRANSIENT_EXCEPTIONS = (BotocoreConnectionError, HTTPClientError)  # what botocore retries on its own
 
 
-class DynamoDBUnavailable(RuntimeError):
-    """The endpoint cannot be reached."""
+class DynamoDBUnavailable(PermanentError):
+    """The endpoint cannot be reached (after botocore's own retries)."""
 
 
-class TableSchemaMismatch(RuntimeError):
+class TableSchemaMismatch(PermanentError):
     """The table exists with another key schema."""
-
-
-class ItemTooLarge(ValueError):
-    """An item would exceed DynamoDB's 400 KB limit."""
-
-    def __init__(self, message: str, artist_id: str = "", key: str = "", size: int = 0):
-        super().__init__(message)
-        self.artist_id = artist_id
-        self.key = key
-        self.size = size
-
-
-class DynamoDBWriteIncomplete(RuntimeError):
-    """Some write requests were still unprocessed when the retries ran out."""
-
-    def __init__(self, unwritten: int, detail: str):
-        super().__init__(f"{unwritten} write request(s) to DynamoDB were not applied after all retries: {detail}")
-        self.unwritten = unwritten
 
 
 def sort_key(market: str, track_id: str) -> str:
@@ -93,7 +52,7 @@ def endpoint_of(client) -> str:
     return getattr(getattr(client, "meta", None), "endpoint_url", None) or "the DynamoDB endpoint"
 
 
-class TableMissing(RuntimeError):
+class TableMissing(PermanentError):
     """The table does not exist and this deployment may not create it."""
 
 

@@ -1,15 +1,15 @@
-"""Raw storage: where the artist-id snapshot and the raw Spotify answers are kept, as JSON text.
+"""Raw storage: the artist-id snapshot, the raw Spotify answers and small ledgers, as text.
 
-Writers are atomic (a reader never sees a half-written object) and streamed (nothing is held in memory).
-`write_aside` goes one step further: the object is written and can be read back and checked before it is
-published under its key, so the previous version stays current until the new one has passed.
-The S3 implementation is in raw_storage/s3.py, imported only by a deployment that uses it.
+Writes are atomic and streamed; `write_aside` lets an object be read back and checked before it is published.
+`update` is a read-modify-write of a small object that no concurrent writer (process, Dagster instance) undoes.
 """
 
+import errno
+import fcntl
 import hashlib
 import os
-import re
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,56 +19,82 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from toptracks_dagster.common import process_alive
+from toptracks_dagster.config import PermanentError
+
+SMALL_OBJECT_LIMIT = 1 << 20  # characters `read_small` and `update` accept: ledgers, never partitions
+LOCK_TIMEOUT_S = 30.0  # the lock is held for one small read and write; longer means a hung filesystem
 
 
 class RawObjectMissing(FileNotFoundError):
     """A raw object that an asset needs has not been written yet."""
 
 
+class RawStorageError(PermanentError):
+    """Raw storage refused a read or write (full disk, quota, permissions, read-only, oversized object)."""
+
+
+def check_small(text, uri: str):  # str or bytes
+    if len(text) > SMALL_OBJECT_LIMIT:
+        raise RawStorageError(f"raw object {uri} is over {SMALL_OBJECT_LIMIT:,} characters: not a small object")
+    return text
+
+
 class PendingObject:
     """An object written aside: readable with `open_for_read`, published under its key only by `publish`."""
 
     def __init__(self, path: Path, publish: Callable[[Path], None], uri: str):
-        self.path = path
-        self.uri = uri  # where it will be published
-        self._publish = publish
-        self._sha256: str | None = None
+        self.path, self.uri, self._publish = path, uri, publish  # uri: where it will be published
 
     @contextmanager
     def open_for_read(self) -> Iterator[IO[str]]:
-        with self.path.open("r", encoding="utf-8") as stream:
+        with _local_io(f"{self.uri} (temp file {self.path})", "read"), self.path.open(encoding="utf-8") as stream:
             yield stream
 
     def sha256(self) -> str:
-        """The SHA-256 of the object as stored, read back whole (once: the object does not change any more)."""
-        if self._sha256 is None:
-            self._sha256 = _sha256_of(self.path)
-        return self._sha256
+        with self.path.open("rb") as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
 
     def publish(self) -> None:
-        self._publish(self.path)
+        try:
+            self._publish(self.path)
+        finally:
+            self.discard()  # after a publish there is nothing left to remove; after a failure, the temp file
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
 class RawStorage(ConfigurableResource, ABC):
-    @abstractmethod
-    @contextmanager
-    def open_for_write(self, key: str) -> Iterator[IO[str]]:
-        """A text stream; the object appears under `key` only if the block exits without an error."""
-
     @contextmanager
     def write_aside(self, key: str) -> Iterator[tuple[IO[str], PendingObject]]:
-        """A text stream and its PendingObject: after the block the object is complete but not published.
-        The caller publishes or discards it; an error inside the block discards it."""
+        """A text stream and its PendingObject, complete after the block; the caller publishes or discards it."""
         pending = self._pending(key)
         try:
-            with pending.path.open("w", encoding="utf-8") as stream:
-                yield stream, pending
+            with _local_io(f"{pending.uri} (temp file {pending.path})", "write"):
+                with pending.path.open("w", encoding="utf-8") as stream:
+                    yield stream, pending
         except BaseException:
             pending.discard()
             raise
+
+    @contextmanager
+    def open_for_write(self, key: str) -> Iterator[IO[str]]:
+        """A text stream; the object appears under `key` only if the block exits without an error."""
+        with self.write_aside(key) as (stream, pending):
+            yield stream
+        pending.publish()
+
+    def read_small(self, key: str) -> str | None:
+        """A small object's text, None when there is none."""
+        try:
+            with self.open_for_read(key) as stream:
+                return check_small(stream.read(SMALL_OBJECT_LIMIT + 1), self.uri(key))
+        except RawObjectMissing:
+            return None
+
+    @abstractmethod
+    def update(self, key: str, change: Callable[[str | None], str]) -> None:
+        """Replace a small object by `change(its text or None)`; `change` may run again if another writer won."""
 
     @abstractmethod
     def _pending(self, key: str) -> PendingObject:
@@ -81,17 +107,7 @@ class RawStorage(ConfigurableResource, ABC):
 
     @abstractmethod
     def uri(self, key: str) -> str:
-        """Where the object lives, for metadata."""
-
-    @abstractmethod
-    def fingerprint(self, key: str) -> str:
-        """What changes whenever the object's content does (RawObjectMissing when there is none): lets a reader
-        trust what it derived from the object earlier without reading it again."""
-
-    def published_fingerprint(self, key: str, pending: PendingObject) -> str:
-        """The fingerprint of the object `pending` was just published as; stores that can tell it from the bytes
-        published say so without reading the object again."""
-        return self.fingerprint(key)
+        """Where the object lives, with its scheme (file://, s3://)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -107,68 +123,77 @@ class LocalRawStorage(RawStorage):
         return Path(self.base_dir) / key
 
     def uri(self, key: str) -> str:
-        return str(self._path(key).resolve())
+        return self._path(key).resolve().as_uri()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-    def fingerprint(self, key: str) -> str:
-        # A hash of the bytes (~40 ms for a 10 MB partition here): exact, whoever wrote the file.
-        try:
-            return "sha256:" + _sha256_of(self._path(key))
-        except FileNotFoundError:
-            raise RawObjectMissing(f"raw object {self._path(key)} does not exist") from None
-
-    def published_fingerprint(self, key: str, pending: PendingObject) -> str:
-        return "sha256:" + pending.sha256()  # a rename publishes the very bytes that were read back
-
-    def _temp_file(self, path: Path) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_orphaned_temp_files(path.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-        os.close(fd)
-        return tmp_name
+        with _local_io(self._path(key), "delete"):
+            self._path(key).unlink(missing_ok=True)
 
     def _pending(self, key: str) -> PendingObject:
         path = self._path(key)
-        # In the target directory, so that publishing is an atomic rename.
-        return PendingObject(Path(self._temp_file(path)), lambda tmp: os.replace(tmp, path), self.uri(key))
+        with _local_io(path, "write"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_orphaned_temp_files(path.parent)
+            # In the target directory, so that publishing is an atomic rename.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
 
-    @contextmanager
-    def open_for_write(self, key: str) -> Iterator[IO[str]]:
-        path = self._path(key)
-        tmp_name = self._temp_file(path)
-        fd = os.open(tmp_name, os.O_WRONLY | os.O_TRUNC)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                yield stream
-            os.replace(tmp_name, path)  # atomic on POSIX: readers see the old or the new object
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        def publish(tmp_path: Path) -> None:
+            with _local_io(path, "publish"):
+                os.replace(tmp_path, path)
+
+        return PendingObject(Path(tmp), publish, self.uri(key))
 
     @contextmanager
     def open_for_read(self, key: str) -> Iterator[IO[str]]:
         path = self._path(key)
-        try:
-            stream = path.open("r", encoding="utf-8")
-        except FileNotFoundError:
-            raise RawObjectMissing(f"raw object {path} does not exist") from None
-        with stream:
-            yield stream
+        with _local_io(path, "read"):
+            try:
+                stream = path.open(encoding="utf-8")
+            except FileNotFoundError:
+                raise RawObjectMissing(f"raw object {path} does not exist") from None
+            with stream:
+                yield stream
+
+    def update(self, key: str, change: Callable[[str | None], str]) -> None:
+        # The lock is a file of its own: the object is replaced by a rename, so a lock on it would not hold.
+        path = self._path(key)
+        lock_path = path.with_name(path.name + ".lock")
+        with _local_io(lock_path, "lock"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = lock_path.open("a")
+        with lock:
+            for _ in range(int(LOCK_TIMEOUT_S / 0.005)):
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.005)
+            else:
+                raise TimeoutError(f"raw storage lock {lock_path} held for over {LOCK_TIMEOUT_S:g} s")
+            text = change(self.read_small(key))
+            with self.open_for_write(key) as stream:
+                stream.write(text)
 
 
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
+# Errors of the disk or the filesystem; any other OSError raised inside a block (a reset connection) is left as is.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
-_TEMP_NAME_RE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+@contextmanager
+def _local_io(what, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRNOS:
+            raise
+        cause = f"{error.strerror} ({errno.errorcode[error.errno]})"
+        raise RawStorageError(f"raw storage cannot {doing} {what}: {cause}") from error
 
 
 def _remove_orphaned_temp_files(directory: Path) -> None:
     """Temp files of writers that died (kill -9) never become objects; remove those whose process is gone."""
-    for entry in directory.glob(".*.tmp"):
-        match = _TEMP_NAME_RE.match(entry.name)
-        if match and not process_alive(int(match.group(1))):
+    for entry in directory.glob(".*.*.*.tmp"):  # .{name}.{pid}.{random}.tmp
+        pid = entry.name.rsplit(".", 3)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
             entry.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 import time
 from contextlib import ExitStack
+from datetime import datetime, timezone
 
 from dagster import (
     AssetExecutionContext,
@@ -12,35 +13,39 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
+    TableColumn,
+    TableSchema,
     asset,
 )
 
 from toptracks_dagster import config as settings
-from toptracks_dagster.artists_db.assets import artist_ids
-from toptracks_dagster.artists_db.snapshot import SnapshotUnreadable, read_snapshot
+from toptracks_dagster.artists_db.assets import artist_ids, read_snapshot
 from toptracks_dagster.check_results import emit_check_results, failed_blocking
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
-from toptracks_dagster.spotify.budget import (
-    ROLLING_INTERVAL_S,
-    BudgetLedger,
-    BudgetLedgerUnreadable,
-    RotationPlan,
-    iso,
-    utc_now,
-)
+from toptracks_dagster.spotify.budget import RunBudget
 from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_freshness_bound, evaluate_raw_checks
-from toptracks_dagster.spotify.client import FATAL_ERRORS, SpotifyBudgetExhausted, SpotifyError, SpotifyUnreachable
-from toptracks_dagster.spotify.profile import MarketProfile
+from toptracks_dagster.spotify.client import SpotifyBudgetExhausted, SpotifyError
 from toptracks_dagster.spotify.raw import (
     PartitionMerge,
     RawPartition,
     RawPartitionIncomplete,
+    loaded_version,
     raw_partition_key,
 )
 from toptracks_dagster.spotify.refresh import RefreshConfig, RefreshPlanError, fetch_order, plan_run
 from toptracks_dagster.spotify.resources import SpotifyResource
+
+RAW_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("record", "string", description="`request` (first line), `outcome`, or `end` (last line)."),
+        TableColumn("artist_id", "string", description="The Spotify artist id; outcomes are sorted by it."),
+        TableColumn("requested_at", "string", description="When the list was fetched (UTC)."),
+        TableColumn("status", "number", description="200 with tracks, or 404 for an artist Spotify does not know."),
+        TableColumn("tracks", "list", description="Spotify's TrackObjects, in rank order."),
+    ]
+)
 
 
 @asset(
@@ -50,24 +55,15 @@ from toptracks_dagster.spotify.resources import SpotifyResource
     partitions_def=country_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     check_specs=RAW_CHECK_SPECS,
-    pool="spotify_api",  # concurrent runs share the Spotify budget and never merge one partition at once
-    # Transient trouble (5xx storms, resets) gets two more tries; fatal errors (403, bad credentials, an
-    # unreachable endpoint, a Retry-After above the cap) raise Failure(allow_retries=False) and stop at once.
+    output_required=False,  # a run that fetched and changed nothing claims no new data
+    pool="spotify_api",  # runs share the Spotify rate and budget, and never merge one partition at once
     retry_policy=RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
     kinds={"spotify", "json"},
     owners=["team:data-eng"],
+    metadata={"dagster/column_schema": RAW_SCHEMA},
     description=(
-        "Raw Spotify 'Get Artist's Top Tracks' answers per market, one JSON Lines object per market sorted by "
-        "artist: what was asked, when, and what came back (tracks, or 404 for unknown artists). All markets of "
-        "a run are fetched together under one rate limit. A run refreshes the artists its config chooses "
-        "(mode full = every artist, 1 request per artist per market; changed = only artists new to the market; "
-        "due = new artists and lists fetched `max_age_hours` (20) or more ago; stalest = the `limit` oldest "
-        "lists, new artists first; artists = a given list) and merges them into "
-        "the partition: the other artists' outcomes are kept, artists gone from `artist_ids` dropped (no "
-        "request). The merged partition is written aside and published only if its blocking checks pass; a "
-        "market with nothing fetched, added or removed keeps its partition as it is (not rewritten). "
-        "With TOPTRACKS_REQUESTS_PER_DAY every run is capped at what is left of the UTC day's budget (counted in "
-        "a ledger in raw storage, retries and 404s included); a fetch stopped by the cap publishes what it got."
+        "Spotify's top-tracks answers per market, one JSON Lines object per market. "
+        "A run fetches what its refresh mode chooses and keeps every other artist's list as it was."
     ),
 )
 def raw_top_tracks(
@@ -75,222 +71,139 @@ def raw_top_tracks(
 ):
     started = time.monotonic()
     markets = list(context.partition_keys)
-    try:
+    with settings.permanent_errors():
         snapshot = read_snapshot(raw_storage)
-    except SnapshotUnreadable as error:
-        raise Failure(description=str(error), allow_retries=False) from None
     listed = sorted(set(snapshot["ids"]))
     previous = {}
     for market in markets:
         try:
             previous[market] = RawPartition.open_or_none(raw_storage, market)
         except RawPartitionIncomplete as error:
-            # A damaged current partition cannot be merged into: refetch everything for this market.
             context.log.warning(f"{error}; refetching every artist of {market}")
             previous[market] = None
     try:
         plans = plan_run(
-            config, markets, listed, {m: previous[m].requested_at if previous[m] else None for m in markets}
+            config,
+            markets,
+            listed,
+            {m: previous[m].requested_at if previous[m] else None for m in markets},
+            _run_started(context),
         )
     except RefreshPlanError as error:
         raise Failure(description=f"refresh config: {error}", allow_retries=False) from None
-    pairs = fetch_order(plans)
     for plan in plans:
-        mode = config.mode if previous[plan.market] or config.pairs else "full"
-        context.log.info(f"{plan.market}: {plan.describe(mode)}")
-    budget = _Budget.open(context, raw_storage, config, listed)
-    capped_before_start = budget.cap == 0 and bool(pairs)
-    if capped_before_start:
-        pairs = []  # nothing left today: merge only (artists that left the list are still dropped)
-
-    # A market whose plan fetches, adds and removes nothing keeps its partition byte for byte: it is streamed
-    # once for the checks' numbers, not rewritten (cost follows the change, for raw storage writes too).
-    unchanged = {
-        plan.market
-        for plan in plans
-        if previous[plan.market] is not None and not plan.fetch and not plan.new and not plan.removed
+        context.log.info(f"{plan.market}: {plan.describe(config.mode)}")
+    # Unknown (a fresh instance) counts as not loaded: the next load then reads every artist.
+    loaded = {
+        m: previous[m] is not None and loaded_version(context.instance, m) == previous[m].request.get("version")
+        for m in markets
     }
+    rewrite = [p.market for p in plans if previous[p.market] is None or p.fetch or p.new or p.removed]
+    if not rewrite and config.mode != "full" and all(loaded.values()):
+        context.log.info("nothing to fetch, add or remove, and every market is loaded: no new data")
+        yield from emit_check_results(context, {})
+        return
+    with settings.permanent_errors():
+        budget = RunBudget.open(context, raw_storage, config.max_requests or None, len(listed), len(markets))
+    pairs = fetch_order([p for p in plans if p.market in rewrite])
+    if budget.cap == 0 and pairs:
+        context.log.warning(budget.describe_cap())
+        pairs = []
+
+    failed: dict[str, str] = {}  # market -> why its partition could not be written
     with ExitStack() as cleanup:
-        merges: dict[str, PartitionMerge] = {}
-        pending = {}
-        indexed = {}  # unchanged markets whose index has the profile: nothing to stream at all
+        merges, pending = {}, {}
         for plan in plans:
-            partition = previous[plan.market]
-            if plan.market in unchanged and partition.summary is not None:
-                indexed[plan.market] = MarketProfile.of_unchanged(
-                    plan.market, partition.summary, partition.requested_at
-                )
+            if plan.market not in rewrite:
                 continue
-            if plan.market in unchanged:
-                stream = None  # profiled for the checks, not rewritten
-            else:
+            try:
                 stream, pending[plan.market] = cleanup.enter_context(
                     raw_storage.write_aside(raw_partition_key(plan.market))
                 )
-            request = {
-                "api_base_url": spotify.api_base_url,
-                "refresh": {
-                    "mode": config.mode,
-                    "reason": config.reason,
-                    "planned": len(plan.fetch),
-                    "run_id": context.run.run_id,
-                },
-            }
+            except settings.PermanentError as error:
+                failed[plan.market] = str(error)
+                continue
+            partition = previous[plan.market]
             merges[plan.market] = PartitionMerge(
                 stream,
                 plan.market,
                 listed,
-                previous[plan.market].outcomes_with_lines() if previous[plan.market] else (),
-                request,
+                partition.outcomes_with_lines() if partition else (),
+                {
+                    "previous_version": partition.request.get("version") if partition else None,
+                    "artists_fingerprint": snapshot.get("fingerprint"),
+                    "refresh": {"mode": config.mode, "reason": config.reason, "run_id": context.run.run_id},
+                },
                 planned=len(plan.fetch),
+                touched_all=not loaded[plan.market],
             )
-        stats, stopped = _fetch(context, spotify, pairs, merges, budget)
-        stopped = stopped or capped_before_start
-        if stopped:
-            for merge in merges.values():
-                # Pairs the cap left unfetched keep their previous outcome: the run stands for what it fetched.
+        pairs = [(a, m) for a, m in pairs if m in merges]
+        stats, stopped, fetch_error = _fetch(context, spotify, pairs, merges, budget)
+        for merge in merges.values():
+            if stopped or fetch_error:  # unfetched pairs keep their previous outcome
                 merge.profile.unfetched = merge.profile.planned - merge.profile.fetched
                 merge.profile.planned = merge.profile.fetched
-        profiles = {**indexed, **{market: merge.finish() for market, merge in merges.items()}}
+        profiles = {}
+        for market, merge in merges.items():
+            try:
+                profiles[market] = merge.finish()
+            except settings.PermanentError as error:
+                failed[market] = str(error)
 
     now = utc_now_iso()
     checks = {}
     for plan in plans:
         market = plan.market
+        if market not in profiles:
+            continue
         profile = profiles[market]
         verify_error = None
-        written = None
         try:
-            if market not in unchanged:  # an unchanged partition was verified when it was opened
-                written = merges[market].written(pending[market])
+            merges[market].written(pending[market])
         except RawPartitionIncomplete as error:
             verify_error = str(error)
-        base = {"market": market, "raw_object": MetadataValue.path(raw_storage.uri(raw_partition_key(market)))}
-        checks[market] = evaluate_raw_checks(profile, base, verify_error, settings.check_max_404_share())
-        checks[market].append(evaluate_freshness_bound(profile, base, now, budget.bound_days))
+        uri = raw_storage.uri(raw_partition_key(market))
+        checks[market] = evaluate_raw_checks(profile, {}, verify_error, settings.check_max_404_share())
+        checks[market].append(evaluate_freshness_bound(profile, {}, now, budget.bound_days))
         blocked = failed_blocking(checks[market], RAW_CHECK_SPECS)
-        if market in unchanged:
-            # Nothing was written aside: the current partition stays, whatever its checks say now. Its index is
-            # written once if it had none, so that the next unchanged run reads no partition at all.
-            if market not in indexed:
-                previous[market].write_index(raw_storage, profile.summary())
-        elif blocked:
-            pending[market].discard()
-            context.log.error(
-                f"{market}: not published ({', '.join(o.name for o in blocked)} failed); the previous "
-                "partition stays current"
-            )
-        else:
-            pending[market].publish()
-            written.fingerprint = raw_storage.published_fingerprint(raw_partition_key(market), pending[market])
-            written.write_index(raw_storage, profile.summary())
-        context.add_asset_metadata(
-            {
-                **_metadata(
-                    plan,
-                    profile,
-                    config,
-                    published=not blocked,
-                    now=now,
-                    uri=raw_storage.uri(raw_partition_key(market)),
-                ),
-                "freshness_bound_days": budget.bound_days,
-                "pairs_older_than_bound": profile.older_than(now, budget.bound_days),
-                "artists_not_fetched_cap": profile.unfetched,
-                "partition_rewritten": market not in unchanged,
-            },
-            partition_key=market,
-        )
-    context.log.info(
-        _stats_line(stats, time.monotonic() - started) + (" (stopped by the request cap)" if stopped else "")
-    )
-    yield MaterializeResult(metadata={**_run_metadata(stats, time.monotonic() - started), **budget.metadata(stopped)})
-    yield from emit_check_results(context, checks)
-
-
-class _Budget:
-    """The run's share of TOPTRACKS_REQUESTS_PER_DAY (or of `max_requests`): reserved in the ledger before the
-    first request, settled to what was sent after the last one, failures included."""
-
-    def __init__(
-        self,
-        context,
-        storage: RawStorage,
-        cap: int | None,
-        ledger: BudgetLedger | None,
-        plan: RotationPlan | None,
-        spent_before: int,
-        bound_days: float,
-    ):
-        self.context, self.storage, self.cap, self.ledger = context, storage, cap, ledger
-        self.plan, self.spent_before, self.bound_days = plan, spent_before, bound_days
-        self.entry = f"{context.run.run_id}/{context.retry_number}"
-        self.used = 0
-
-    @classmethod
-    def open(cls, context, storage: RawStorage, config: RefreshConfig, listed: list[str]) -> "_Budget":
-        per_day = settings.requests_per_day()
-        cap = config.max_requests or None
-        if per_day is None:
-            return cls(context, storage, cap, None, None, 0, settings.freshness_target_days())
-        plan = RotationPlan(
-            artists=len(listed),
-            markets=len(country_partitions.get_partition_keys()),
-            budget=per_day,
-            runs_per_day=86400 // ROLLING_INTERVAL_S,
-            target_days=settings.freshness_target_days(),
-        )
-        now = utc_now()
         try:
-            ledger = BudgetLedger.load(storage)
-        except BudgetLedgerUnreadable as error:
-            raise Failure(description=str(error), allow_retries=False) from None
-        spent = ledger.spent_on(now.date())
-        left = max(0, per_day - spent)
-        cap = left if cap is None else min(cap, left)
-        ledger.reserve(f"{context.run.run_id}/{context.retry_number}", cap, now)
-        ledger.save(storage, now)
-        context.log.info(
-            f"request budget: {spent} of {per_day} spent today (UTC {now.date()}); this run may send {cap}"
-        )
-        return cls(context, storage, cap, ledger, plan, spent, plan.bound_days)
-
-    def settle(self, used: int) -> None:
-        self.used = used
-        if self.ledger is not None:
-            now = utc_now()
-            self.ledger.settle(self.entry, used, now)
-            self.ledger.save(self.storage, now)
-
-    def metadata(self, stopped: bool) -> dict:
-        found = {
-            "run_request_cap": self.cap if self.cap is not None else -1,
-            "run_stopped_by_cap": stopped,
-            "freshness_bound_days": self.bound_days,
-        }
-        if self.plan is not None:
-            found.update(
-                {
-                    **self.plan.metadata(),
-                    "budget_spent_today_before": self.spent_before,
-                    "budget_spent_today_after": self.spent_before + self.used,
-                    "budget_checked_at": iso(utc_now()),
-                }
+            if blocked:
+                pending[market].discard()
+                context.log.error(f"{market}: not published ({', '.join(o.name for o in blocked)} failed)")
+            else:
+                pending[market].publish()
+        except settings.PermanentError as error:
+            failed[market] = str(error)
+        context.add_asset_metadata(_metadata(profile, uri, not blocked and market not in failed), partition_key=market)
+    for market in markets:
+        if market not in checks and previous[market] is not None:
+            context.add_asset_metadata(
+                {"rewritten": False, "artists": len(previous[market].requested_at)}, partition_key=market
             )
-        return found
+    context.instance.add_run_tags(context.run.run_id, _run_tags(stats, time.monotonic() - started))
+    context.log.info(
+        f"{int(stats['requests'])} top-tracks requests ({int(stats['status_429'])} answered 429) in "
+        f"{time.monotonic() - started:.1f} s" + (" (stopped by the request cap)" if stopped else "")
+    )
+    yield MaterializeResult(metadata=budget.metadata(stopped))
+    yield from emit_check_results(context, checks)
+    if failed:
+        # The other markets are published; their loads run when this step is retried or in the next run.
+        raise Failure(description="; ".join(f"{m}: {why}" for m, why in failed.items()), allow_retries=False)
+    if fetch_error is not None:
+        raise Failure(description=f"{fetch_error} (what was fetched is kept: a retry fetches only the rest)")
 
 
-def _fetch(
-    context: AssetExecutionContext,
-    spotify: SpotifyResource,
-    pairs: list[tuple[str, str]],
-    merges: dict[str, PartitionMerge],
-    budget: _Budget,
-) -> tuple[dict, bool]:
-    """(client stats, stopped by the request cap). Outcomes are pushed in order until the fetch ends."""
-    total = len(pairs)
-    step = max(1, total // 10)
-    stopped = False
+def _run_started(context: AssetExecutionContext) -> datetime:
+    stats = context.instance.get_run_stats(context.run.run_id)
+    moment = stats.start_time if stats and stats.start_time else time.time()
+    return datetime.fromtimestamp(moment, timezone.utc)
+
+
+def _fetch(context, spotify: SpotifyResource, pairs, merges, budget) -> tuple[dict, bool, SpotifyError | None]:
+    """(client stats, stopped by the request cap, the retryable error that ended the fetch early)."""
+    total, step = len(pairs), max(1, len(pairs) // 10)
+    stopped, error = False, None
     with spotify.get_client(log=context.log.warning, max_requests=budget.cap) as client:
         try:
             if pairs:
@@ -298,73 +211,47 @@ def _fetch(
             for done, outcome in enumerate(client.iter_pairs(pairs), start=1):
                 merges[outcome.market].push(outcome)
                 if done % step == 0 or done == total:
-                    context.log.info(f"{done}/{total} (artist, market) pairs fetched ({100 * done // total} %)")
-        except SpotifyBudgetExhausted as error:
+                    context.log.info(f"{done}/{total} (artist, market) pairs fetched")
+        except SpotifyBudgetExhausted as exhausted:
             stopped = True
-            context.log.warning(f"{error}: the outcomes fetched so far are merged, the rest keep their lists")
-        except FATAL_ERRORS + (SpotifyUnreachable,) as error:
-            raise Failure(description=str(error), allow_retries=False) from None
-        except SpotifyError as error:
-            raise Failure(description=str(error)) from None
+            context.log.warning(f"{exhausted}: what was fetched is kept, the rest keep their lists")
+        except settings.PermanentError as fatal:
+            raise Failure(description=str(fatal), allow_retries=False) from None
+        except SpotifyError as transient:
+            error = transient
+            context.log.error(f"{transient}: publishing what was fetched")
         finally:
             budget.settle(max(client.allowance.used, int(client.stats.snapshot()["requests"])))
-        return client.stats.snapshot(), stopped
+        return client.stats.snapshot(), stopped, error
 
 
-def _metadata(plan, profile, config: RefreshConfig, published: bool, now: str, uri: str) -> dict:
-    ages = profile.ages_days(now)
+def _metadata(profile, uri: str, published: bool) -> dict:
     preview = "\n".join(
         f"| {i} | {t['track']} | {t['artist_id']} | {t['popularity']} |" for i, t in enumerate(profile.top_preview, 1)
     )
     return {
         "dagster/row_count": profile.tracks,
         "dagster/uri": uri,
+        "rewritten": True,
         "published": published,
-        "refresh_mode": config.mode,
-        "refresh_reason": config.reason or "-",
         "artists": profile.outcomes,
         "artists_fetched": profile.fetched,
         "artists_new": profile.fetched_new,
-        "artists_kept": profile.kept,
         "artists_removed": profile.removed_artists,
+        "artists_not_found": profile.not_found,
+        "artists_quarantined": profile.quarantined.count,
         "artists_without_list": len(profile.pending_new),
-        "artists_with_tracks": profile.with_tracks,
-        "artists_not_found_404": profile.not_found,
         "tracks": profile.tracks,
-        "tracks_dropped_vs_previous": profile.tracks_dropped,
         "mean_popularity": profile.mean_popularity,
-        "list_age_oldest_days": ages["oldest"],
-        "list_age_median_days": ages["median"],
-        "list_age_p95_days": ages["p95"],
         "top_tracks_preview": MetadataValue.md(
-            f"**Most popular tracks in {plan.market}**\n\n"
-            f"| # | track | artist | popularity |\n|---|---|---|---|\n{preview}"
+            f"| # | track | artist | popularity |\n|---|---|---|---|\n{preview}" if preview else "no tracks"
         ),
     }
 
 
-def _run_metadata(stats: dict, wall_s: float) -> dict:
-    """Spotify numbers of the whole run (every market it fetched)."""
-    return {
-        "run_requests": int(stats["requests"]),
-        "run_responses_2xx": int(stats["status_2xx"]),
-        "run_responses_404": int(stats["status_404"]),
-        "run_responses_429": int(stats["status_429"]),
-        "run_responses_5xx": int(stats["status_5xx"]),
-        "run_responses_401": int(stats["status_401"]),
-        "run_transport_errors": int(stats["transport_errors"]),
-        "run_malformed_bodies": int(stats["malformed_bodies"]),
-        "run_pacer_wait_s": round(float(stats["paused_s"]), 3),
-        "run_retries": int(stats["retries"]),
-        "run_token_requests": int(stats["token_requests"]),
-        "run_bytes_received": int(stats["bytes"]),
-        "run_wall_time_s": round(wall_s, 3),
-        "run_requests_per_second": round(stats["requests"] / wall_s, 2) if wall_s > 0 else 0.0,
+def _run_tags(stats: dict, wall_s: float) -> dict[str, str]:
+    """The run's Spotify numbers: on the run, not copied onto every partition."""
+    names = ("requests", "status_429", "status_5xx", "retries", "token_requests", "quarantined")
+    return {f"toptracks/spotify_{name}": str(int(stats.get(name, 0))) for name in names} | {
+        "toptracks/spotify_seconds": f"{wall_s:.1f}"
     }
-
-
-def _stats_line(stats: dict, wall_s: float) -> str:
-    return (
-        f"{int(stats['requests'])} top-tracks requests ({int(stats['status_429'])} answered 429, "
-        f"{int(stats['retries'])} retries) in {wall_s:.1f} s"
-    )

@@ -1,218 +1,221 @@
-"""The daily Spotify request budget (TOPTRACKS_REQUESTS_PER_DAY): what a UTC day may spend, what it has spent,
-how big a run may be, and the freshness bound the budget keeps for a catalogue.
-
-- `BudgetLedger`: a small JSON object in raw storage (`spotify_budget/ledger.json`). A run of `raw_top_tracks`
-  reserves its allowance before its first request and settles to what it really sent afterwards (every HTTP
-  request to the Web API: retries, 401/429 repeats and 404s included; token requests go to the accounts host and
-  are not counted). A run that dies without settling keeps its whole reservation, so a crash can only make the
-  ledger count too much, never too little. Runs of `raw_top_tracks` are serialised by the `spotify_api` pool
-  (one slot), so the read-modify-write of the ledger never races. Cost: two writes of a few hundred bytes per
-  run, no Spotify request.
-- `run_allowance`: the day's remainder divided evenly over the rolling refresh's ticks left in the UTC day, so
-  the last tick of a day spends what is left and the day's total is exactly the budget.
-- `RotationPlan`: catalogue (artists x markets) and budget -> rotation length. Refreshing the stalest pairs
-  first at `budget` pairs a day renews every pair once per `pairs / budget` days, so the stated bound is
-  "every pair refreshed at least every ceil(pairs / budget) days" (without retries; a retry share r stretches
-  the rotation by 1 / (1 - r)).
+"""The daily Spotify request budget (TOPTRACKS_REQUESTS_PER_DAY): what a UTC day has spent, what a run may send,
+and the freshness bound it keeps. The ledger changes only through `RawStorage.update`, so runs and Dagster
+instances sharing one storage never undo each other. A run reserves before its first request and settles to
+what it sent (retries and 404s included); one that dies unsettled counts in full: too much, never too little.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
+from typing import Annotated, Callable
 
-from toptracks_dagster.common import parse_iso
-from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from toptracks_dagster import config
+from toptracks_dagster.raw_storage.resources import RawStorage
 
 LEDGER_KEY = "spotify_budget/ledger.json"
-ROLLING_INTERVAL_S = 3600  # the rolling refresh ticks hourly: 24 runs per UTC day
-DAY_S = 86400
-KEEP_DAYS = 3  # ledger entries older than this are pruned
+ROLLING_INTERVAL_S = 3600  # the rolling refresh ticks hourly
+RUNS_PER_DAY = 86400 // ROLLING_INTERVAL_S
+KEEP_DAYS = 3  # entries that ended longer ago are pruned
+RETRY_HEADROOM = 0.1  # share of a rolling run's allowance kept for retries (not on the day's last tick)
+Count = Annotated[int, Field(ge=0, strict=True)]
 
 
-class BudgetLedgerUnreadable(RuntimeError):
-    """The ledger exists but is not what this module writes: nothing is fetched until it is fixed."""
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class BudgetLedgerUnreadable(config.PermanentError):
+    """The ledger is not what this module writes: nothing is fetched while the budget cannot be counted."""
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass
-class BudgetEntry:
+class BudgetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     run_id: str
-    started_at: str
-    reserved: int
-    spent: int | None = None  # None until the run settles
-    ended_at: str | None = None
+    started_at: AwareDatetime = Field(strict=False)  # strict=False: read from an ISO string
+    reserved: Count
+    spent: Count | None = None  # None until the run settles
+    ended_at: AwareDatetime | None = Field(default=None, strict=False)
 
-    def counted(self) -> int:
-        return self.reserved if self.spent is None else self.spent
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> BudgetEntry:
+        if self.ended_at is not None and self.ended_at < self.started_at:
+            raise ValueError("ended_at is before started_at")
+        return self
 
-    def days(self) -> set[date]:
-        """UTC days the entry's requests may fall on. Settled: from start to end. Unsettled (running, or died):
-        its start day and the next one, so a run that crosses midnight is counted against both days."""
-        start = parse_iso(self.started_at)
-        end = parse_iso(self.ended_at) if self.ended_at else start + timedelta(days=1)
-        days, day = set(), start.date()
-        while day <= end.date():
-            days.add(day)
-            day += timedelta(days=1)
-        return days
+    def last_day(self) -> date:
+        """Unsettled (running or died): counted on its start day and the next, as a run may cross midnight."""
+        return (self.ended_at or self.started_at + timedelta(days=1)).astimezone(timezone.utc).date()
+
+    def counted_on(self, day: date) -> int:
+        counts = self.started_at.astimezone(timezone.utc).date() <= day <= self.last_day()
+        return 0 if not counts else self.reserved if self.spent is None else self.spent
 
 
-class BudgetLedger:
-    def __init__(self, entries: list[BudgetEntry] | None = None):
-        self.entries = entries or []
+class _Ledger(BaseModel):
+    entries: list[BudgetEntry]
+
+
+def _entries(text: str | None, uri: str) -> list[BudgetEntry]:
+    try:
+        return _Ledger.model_validate_json(text).entries if text is not None else []
+    except ValidationError as error:
+        found = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']} (found {repr(e['input'])[:200]})"
+            for e in error.errors()
+        )
+        raise BudgetLedgerUnreadable(
+            f"request budget ledger {uri} is unreadable: {found}. Nothing is fetched while the budget cannot be "
+            "counted; fix the entry (delete the file only if no request was sent today)"
+        ) from error
+
+
+def _change(storage: RawStorage, change: Callable[[list[BudgetEntry], datetime], None]) -> None:
+    def rewrite(text: str | None) -> str:
+        now = utc_now()
+        entries = _entries(text, storage.uri(LEDGER_KEY))
+        change(entries, now)
+        horizon = now.date() - timedelta(days=KEEP_DAYS)
+        return _Ledger(entries=[e for e in entries if e.last_day() >= horizon]).model_dump_json()
+
+    storage.update(LEDGER_KEY, rewrite)
+
+
+def spent_on(storage: RawStorage, day: date) -> int:
+    """Requests counted against a UTC day: settled runs at what they sent, the others at what they reserved."""
+    return sum(e.counted_on(day) for e in _entries(storage.read_small(LEDGER_KEY), storage.uri(LEDGER_KEY)))
+
+
+def describe_spent(spent: int, per_day: int, day: date) -> str:
+    return f"{spent} of {per_day} today (UTC {day})"
+
+
+class RunBudget:
+    """A run's share of TOPTRACKS_REQUESTS_PER_DAY, within its own `max_requests` (None or 0: none)."""
+
+    def __init__(self, storage, entry: str, cap: int | None, plan: RotationPlan | None = None, spent=0, day=None):
+        self.storage, self.entry, self.cap, self.plan, self.day = storage, entry, cap, plan, day
+        self.spent_before = self.spent_after = spent
+        self.bound_days: float = plan.bound_days if plan else config.freshness_target_days()
 
     @classmethod
-    def load(cls, storage: RawStorage) -> "BudgetLedger":
-        try:
-            with storage.open_for_read(LEDGER_KEY) as stream:
-                document = json.load(stream)
-            return cls([BudgetEntry(**entry) for entry in document["entries"]])
-        except RawObjectMissing:
-            return cls()
-        except (ValueError, KeyError, TypeError) as error:
-            raise BudgetLedgerUnreadable(
-                f"request budget ledger {storage.uri(LEDGER_KEY)} is unreadable ({error}); nothing is fetched while "
-                "the budget cannot be counted. Delete it only if no request was sent today."
-            ) from None
+    def open(cls, context, storage: RawStorage, max_requests: int | None, artists: int, markets: int) -> RunBudget:
+        """Reserve for this run (and retry) before its first request."""
+        budget = cls.reserve(storage, f"{context.run.run_id}/{context.retry_number}", max_requests, artists, markets)
+        context.log.info(budget.describe_cap())
+        return budget
 
-    def save(self, storage: RawStorage, now: datetime) -> None:
-        horizon = (now - timedelta(days=KEEP_DAYS)).date()
-        self.entries = [e for e in self.entries if max(e.days()) >= horizon]
-        with storage.open_for_write(LEDGER_KEY) as stream:
-            json.dump({"entries": [asdict(e) for e in self.entries]}, stream)
+    @classmethod
+    def reserve(cls, storage: RawStorage, entry: str, max_requests: int | None, artists: int, markets: int):
+        per_day, wanted = config.requests_per_day(), max_requests or None
+        if per_day is None:
+            return cls(storage, entry, wanted)
+        plan = RotationPlan(artists, markets, per_day, RUNS_PER_DAY, config.freshness_target_days())
+        found = {}
 
-    def spent_on(self, day: date) -> int:
-        return sum(e.counted() for e in self.entries if day in e.days())
+        def add(entries: list[BudgetEntry], now: datetime) -> None:
+            spent = sum(e.counted_on(now.date()) for e in entries)
+            left = max(0, per_day - spent)
+            found.update(spent=spent, cap=left if wanted is None else min(wanted, left), day=now.date())
+            entries.append(BudgetEntry(run_id=entry, started_at=now, reserved=found["cap"]))
 
-    def reserve(self, run_id: str, amount: int, now: datetime) -> None:
-        self.entries.append(BudgetEntry(run_id=run_id, started_at=iso(now), reserved=amount))
+        _change(storage, add)
+        return cls(storage, entry, found["cap"], plan, found["spent"], found["day"])
 
-    def settle(self, run_id: str, spent: int, now: datetime) -> None:
-        for entry in self.entries:
-            if entry.run_id == run_id and entry.spent is None:
-                entry.spent, entry.ended_at = spent, iso(now)
-                return
-        self.entries.append(
-            BudgetEntry(run_id=run_id, started_at=iso(now), reserved=spent, spent=spent, ended_at=iso(now))
-        )
+    def settle(self, used: int) -> None:
+        """Record what the run sent (its reservation stays counted if this never happens)."""
+        if self.plan is None:
+            return
+
+        def record(entries: list[BudgetEntry], now: datetime) -> None:
+            mine = next((e for e in entries if e.run_id == self.entry and e.spent is None), None)
+            if mine is None:  # the entry was removed by hand: what was sent still counts
+                entries.append(mine := BudgetEntry(run_id=self.entry, started_at=now, reserved=used))
+            mine.spent, mine.ended_at = used, now
+            self.spent_after = sum(e.counted_on(self.day) for e in entries)
+
+        _change(self.storage, record)
+
+    def describe_cap(self) -> str:
+        if self.plan is None:
+            cap = "not capped" if self.cap is None else f"capped at {self.cap} requests by max_requests"
+            return f"no request budget (TOPTRACKS_REQUESTS_PER_DAY unset): this run is {cap}"
+        spent = describe_spent(self.spent_before, self.plan.budget, self.day)
+        if self.cap == 0:
+            return f"request budget spent: {spent}: this run sends no request"
+        return f"request budget: {spent} spent; this run may send {self.cap} requests"
+
+    def metadata(self, stopped: bool) -> dict:
+        found = {"run_request_cap": -1 if self.cap is None else self.cap, "run_stopped_by_cap": stopped}
+        found["freshness_bound_days"] = self.bound_days
+        if self.plan is not None:
+            found.update(self.plan.metadata(), budget_spent_today_before=self.spent_before)
+            found.update(
+                budget_spent_today_after=self.spent_after, budget_checked_at=utc_now().isoformat(timespec="seconds")
+            )
+        return found
 
 
 def ticks_left_today(now: datetime, interval_s: int) -> int:
-    """Ticks of a schedule every `interval_s` seconds (aligned to midnight UTC) from `now` to the end of the day,
-    this one included."""
-    midnight = datetime.combine(
-        now.astimezone(timezone.utc).date() + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc
-    )
-    return max(1, math.ceil((midnight - now).total_seconds() / interval_s))
+    """Ticks every `interval_s` seconds (aligned to midnight UTC) from `now` to the day's end, this one included."""
+    midnight = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1), datetime.min.time())
+    return max(1, math.ceil((midnight.replace(tzinfo=timezone.utc) - now).total_seconds() / interval_s))
 
 
 def run_allowance(budget: int, spent_today: int, now: datetime, interval_s: int) -> int:
-    """Requests one rolling run may send: what is left today, shared evenly by the ticks left today."""
+    """Requests one rolling run may send: what is left today, shared evenly by the ticks left today, so the day's
+    last tick spends what is left and the day's total is the budget."""
     return max(0, budget - spent_today) // ticks_left_today(now, interval_s)
 
 
-RETRY_HEADROOM = 0.1  # share of a run's allowance kept for retries (not the last run of the day)
-
-
 def run_pairs(allowance: int, now: datetime, interval_s: int) -> int:
-    """Pairs a rolling run plans for `allowance` requests: allowance / (1 + RETRY_HEADROOM), so retries up to
-    that share never make the cap cut a run short (a cut drops the run's highest artist ids, and a cut at every
-    run would keep cutting the same ones). The last run of the day plans the whole allowance: what the cap
-    leaves of it is the stalest at the next day's first run, which has the headroom again. Unused headroom
-    stays in the day's remainder, so a day without retries still refreshes `budget` pairs."""
-    if ticks_left_today(now, interval_s) == 1:
-        return allowance
-    return math.floor(allowance / (1 + RETRY_HEADROOM))
+    """Pairs a rolling run plans: allowance / (1 + RETRY_HEADROOM), so retries never make the cap cut the run
+    short (a cut drops the highest artist ids, every run the same ones). The day's last tick plans its whole
+    allowance; unused headroom stays in the day's remainder."""
+    return allowance if ticks_left_today(now, interval_s) == 1 else math.floor(allowance / (1 + RETRY_HEADROOM))
 
 
-@dataclass(frozen=True)
 class RotationPlan:
-    """What a budget keeps for a catalogue, stated before anything is fetched."""
+    """What a budget keeps for a catalogue: refreshing the stalest pairs first at `budget` pairs a day renews
+    every pair once per pairs / budget days (a retry share r stretches that by 1 / (1 - r))."""
 
-    artists: int
-    markets: int
-    budget: int  # requests per UTC day
-    runs_per_day: int
-    target_days: float
-
-    @property
-    def pairs(self) -> int:
-        return self.artists * self.markets
-
-    @property
-    def rotation_days(self) -> float:
-        return self.pairs / self.budget
-
-    @property
-    def bound_days(self) -> int:
-        """Every pair is refreshed at least every this many days (no retries)."""
-        return max(1, math.ceil(self.rotation_days - 1e-9))
-
-    @property
-    def requests_per_run(self) -> int:
-        """The even share of a run (each run gets what is left today over the ticks left, so the last one may
-        get a few more)."""
-        return self.budget // self.runs_per_day
-
-    @property
-    def keeps_target(self) -> bool:
-        return self.bound_days <= self.target_days
-
-    @property
-    def max_artists_for_target(self) -> int:
-        """The largest catalogue (artists, at this many markets) the budget keeps within the target."""
-        return self.budget * max(0, math.floor(self.target_days)) // max(1, self.markets)
-
-    def expected_ages_days(self) -> dict[str, float]:
-        """Once the first rotation is done, list ages are spread evenly over [0, rotation]."""
-        r = self.rotation_days
-        return {"median": round(r / 2, 2), "p95": round(0.95 * r, 2), "oldest": round(r, 2)}
+    def __init__(self, artists: int, markets: int, budget: int, runs_per_day: int, target_days: float):
+        self.artists, self.markets, self.budget, self.runs_per_day, self.target_days = (
+            artists, markets, budget, runs_per_day, target_days)  # fmt: skip
+        self.pairs = artists * markets
+        self.rotation_days = self.pairs / budget
+        self.bound_days = max(1, math.ceil(self.rotation_days - 1e-9))  # every pair refreshed this often at least
+        self.keeps_target = self.bound_days <= target_days
 
     def metadata(self) -> dict:
-        return {
-            "budget_requests_per_day": self.budget,
-            "catalogue_pairs": self.pairs,
-            "rotation_days": round(self.rotation_days, 3),
-            "freshness_bound_days": self.bound_days,
-            "freshness_target_days": self.target_days,
-            "budget_keeps_target": self.keeps_target,
-        }
+        return {"budget_requests_per_day": self.budget, "catalogue_pairs": self.pairs,
+                "rotation_days": round(self.rotation_days, 3), "freshness_bound_days": self.bound_days,
+                "freshness_target_days": self.target_days, "budget_keeps_target": self.keeps_target}  # fmt: skip
 
     def lines(self) -> list[str]:
-        ages = self.expected_ages_days()
-        first = math.ceil(self.rotation_days - 1e-9)
+        # Once the first rotation is done, list ages are spread evenly over [0, rotation].
+        r, target = self.rotation_days, f"{self.target_days:g} day(s)"
+        most = self.budget * max(0, math.floor(self.target_days)) // max(1, self.markets)
         lines = [
             f"catalogue: {self.artists:,} artists x {self.markets} markets = {self.pairs:,} (artist, market) pairs",
             f"budget: {self.budget:,} requests per UTC day, {self.runs_per_day} rolling runs a day "
-            f"= about {self.requests_per_run:,} requests per run",
-            f"rotation: {self.rotation_days:.2f} days: every pair refreshed at least every {self.bound_days} day(s) "
-            "(stalest first, new artists first)",
-            f"first rotation: about {first} day(s) until every pair has a list",
-            f"expected list age after the first rotation: median {ages['median']} d, p95 {ages['p95']} d, "
-            f"oldest {ages['oldest']} d",
+            f"= about {self.budget // self.runs_per_day:,} requests per run",
+            f"rotation: {r:.2f} days: every pair refreshed at least every {self.bound_days} day(s) (stalest first, "
+            f"new artists first); expected list age after the first rotation: median {r / 2:.2f} d, "
+            f"p95 {0.95 * r:.2f} d, oldest {r:.2f} d",
             "retries and 404s count against the budget: a retry share r stretches the rotation by 1/(1-r)",
         ]
         if self.keeps_target:
-            lines.append(
-                f"OK: the bound of {self.bound_days} day(s) keeps the target of {self.target_days:g} day(s) "
-                f"(TOPTRACKS_FRESHNESS_TARGET_DAYS); the budget keeps up to "
-                f"{self.max_artists_for_target:,} artists at {self.markets} markets"
-            )
-        else:
-            needed = math.ceil(self.pairs / max(1, math.floor(self.target_days)))
-            lines.append(
-                f"PAST WHAT THE BUDGET CAN KEEP: the catalogue needs {self.bound_days} days per rotation, above the "
-                f"target of {self.target_days:g} day(s). Keeping the target needs {needed:,} requests per day, or at "
-                f"most {self.max_artists_for_target:,} artists at this budget."
-            )
-        return lines
+            return lines + [
+                f"OK: the bound of {self.bound_days} day(s) keeps the target of {target} "
+                f"(TOPTRACKS_FRESHNESS_TARGET_DAYS); the budget keeps up to {most:,} artists at {self.markets} markets"
+            ]
+        needed = math.ceil(self.pairs / max(1, math.floor(self.target_days)))
+        return lines + [
+            f"PAST WHAT THE BUDGET CAN KEEP: the catalogue needs {self.bound_days} days per rotation, above the "
+            f"target of {target}. Keeping the target needs {needed:,} requests per day, or at most {most:,} artists "
+            "at this budget."
+        ]

@@ -1,10 +1,6 @@
-"""Checks on `raw_top_tracks`, per market, evaluated inside the asset's step on the merged partition before it
-is published: the numbers come from the merge itself (`MarketProfile`), so checking costs no extra read.
-
-Severity: ERROR + blocking where publishing would do harm (outcomes missing or unreadable; nothing but 404s,
-which would empty the market): the previous partition stays current and the load does not run. ERROR where data
-is wrong but the load copes (malformed tracks); WARN where a person should look (more than 10 tracks,
-duplicates, many 404s).
+"""Checks on `raw_top_tracks`, per market, on the merged partition before it is published; the numbers come
+from the merge itself (`MarketProfile`), so checking costs no extra read. ERROR + blocking where publishing would
+do harm (the previous partition stays current); WARN where a person should look.
 """
 
 from __future__ import annotations
@@ -15,13 +11,14 @@ from toptracks_dagster.check_results import CheckOutcome, check_spec
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.spotify.raw import MAX_TRACKS, MarketProfile
 
-COMPLETE = "raw_top_tracks_complete"
-NOT_EMPTY = "raw_top_tracks_not_empty"
-SHARE_404 = "raw_top_tracks_404_share"
-AT_MOST_10 = "raw_top_tracks_at_most_10"
-NO_DUPLICATES = "raw_top_tracks_no_duplicate_tracks"
-FIELDS_VALID = "raw_top_tracks_fields_valid"
-FRESHNESS_BOUND = "raw_top_tracks_freshness_bound"
+COMPLETE = "complete"
+NOT_EMPTY = "not_empty"
+SHARE_404 = "share_404"
+AT_MOST_10 = "at_most_10"
+NO_DUPLICATES = "no_duplicates"
+FIELDS_VALID = "fields_valid"
+FRESHNESS_BOUND = "freshness_bound"
+QUARANTINE = "quarantine"
 
 
 def _spec(name: str, description: str, blocking: bool = False):
@@ -29,43 +26,14 @@ def _spec(name: str, description: str, blocking: bool = False):
 
 
 RAW_CHECK_SPECS = [
-    _spec(
-        COMPLETE,
-        (
-            "ERROR, blocking: the merged partition is complete and readable (every line parses, sorted unique "
-            "artists, end record) and every artist this run set out to fetch has exactly one outcome (tracks or "
-            "404). Otherwise it is not published: the previous partition stays current."
-        ),
-        blocking=True,
-    ),
-    _spec(
-        NOT_EMPTY,
-        (
-            "ERROR, blocking: at least one artist has top tracks. An empty or all-404 partition would make the load "
-            "empty the market, so it is not published and the load does not run."
-        ),
-        blocking=True,
-    ),
-    _spec(SHARE_404, "WARN: the share of 404 artists stays at or below TOPTRACKS_CHECK_MAX_404_SHARE (10 %)."),
-    _spec(AT_MOST_10, "WARN: no fetched artist has more than 10 top tracks (Spotify's documented maximum)."),
-    _spec(NO_DUPLICATES, "WARN: no track appears twice in one fetched top list; the load keeps the first."),
-    _spec(
-        FIELDS_VALID,
-        (
-            "ERROR: every fetched track has the required TrackObject fields with the right types: id (base62, 22 "
-            'characters), name, popularity (integer 0..100), type "track", uri, duration_ms, explicit, is_local, '
-            "track_number, disc_number, artists, album, external_urls, preview_url (string or null)."
-        ),
-    ),
-    _spec(
-        FRESHNESS_BOUND,
-        (
-            "WARN: no stored list is older than the freshness bound: with TOPTRACKS_REQUESTS_PER_DAY, the rotation "
-            "the budget keeps (ceil(artists x markets / budget) days); without it, TOPTRACKS_FRESHNESS_TARGET_DAYS. "
-            "Lists the oldest pairs when broken. Artists with no list yet are counted, not failed: they are always "
-            "refreshed first. Cost: none (ages come from the merge)."
-        ),
-    ),
+    _spec(COMPLETE, "The merged partition reads back whole and holds every artist it should.", blocking=True),
+    _spec(NOT_EMPTY, "At least one artist has top tracks (an empty partition would empty the market).", blocking=True),
+    _spec(SHARE_404, "At most TOPTRACKS_CHECK_MAX_404_SHARE of the artists are unknown to Spotify."),
+    _spec(AT_MOST_10, "No fetched artist has more than 10 top tracks, Spotify's documented maximum."),
+    _spec(NO_DUPLICATES, "No track appears twice in one fetched list; the load keeps the first."),
+    _spec(FIELDS_VALID, "Every fetched track has the fields the table's readers rely on, with the right types."),
+    _spec(FRESHNESS_BOUND, "No stored list is older than the freshness bound."),
+    _spec(QUARANTINE, "No fetched answer was unusable; such an artist keeps its previous list."),
 ]
 
 
@@ -111,9 +79,22 @@ def evaluate_raw_checks(
             },
         ),
         CheckOutcome(
+            QUARANTINE,
+            profile.quarantined.count == 0,
+            AssetCheckSeverity.WARN,
+            None
+            if not profile.quarantined.count
+            else f"{profile.quarantined.count} artist(s) in {market} gave an unusable answer and kept their list",
+            {
+                **base_metadata,
+                "artists_quarantined": profile.quarantined.count,
+                "quarantined": MetadataValue.json(profile.quarantined.first),
+            },
+        ),
+        CheckOutcome(
             FIELDS_VALID,
             profile.invalid_tracks.count == 0,
-            AssetCheckSeverity.ERROR,
+            AssetCheckSeverity.WARN,
             None
             if not profile.invalid_tracks.count
             else (
@@ -138,8 +119,6 @@ def _complete(profile: MarketProfile, base: dict, verify_error: str | None) -> C
         problems.append(verify_error)
     if profile.fetched != profile.planned:
         problems.append(f"{profile.planned - profile.fetched} planned artist(s) have no outcome")
-    if profile.unexpected_status.count:
-        problems.append(f"{profile.unexpected_status.count} outcome(s) are neither tracks (200) nor 404")
     return CheckOutcome(
         COMPLETE,
         not problems,
@@ -156,8 +135,6 @@ def _complete(profile: MarketProfile, base: dict, verify_error: str | None) -> C
             "kept_artists": profile.kept,
             "artists_without_list": len(profile.pending_new),
             "artists_without_list_sample": MetadataValue.json(profile.pending_new[:10]),
-            "unexpected_status": profile.unexpected_status.count,
-            "unexpected_status_sample": MetadataValue.json(profile.unexpected_status.first),
         },
     )
 

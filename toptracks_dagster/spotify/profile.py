@@ -39,6 +39,7 @@ class MarketProfile:
     tracks_dropped: int = 0  # tracks of the previous partition that the merged one no longer has
     fetched_not_found: int = 0
     unexpected_status: Sample = field(default_factory=Sample)
+    quarantined: Sample = field(default_factory=Sample)  # fetched but unusable: kept their previous list
     over_limit: Sample = field(default_factory=Sample)
     longest_list: int = 0
     duplicate_lists: Sample = field(default_factory=Sample)
@@ -83,18 +84,6 @@ class MarketProfile:
     # The numbers of a whole partition that its index keeps (partition_index.py), so that an unchanged
     # partition's checks and metadata need no parse of it.
     SUMMARY_FIELDS = ("outcomes", "with_tracks", "not_found", "tracks", "popularity_sum", "top_preview")
-
-    def summary(self) -> dict:
-        return {name: getattr(self, name) for name in self.SUMMARY_FIELDS}
-
-    @classmethod
-    def of_unchanged(cls, market: str, summary: dict, requested_at: dict[str, str]) -> "MarketProfile":
-        """The profile of a partition this run keeps as it is: every outcome kept, nothing fetched."""
-        profile = cls(market=market, **{name: summary[name] for name in cls.SUMMARY_FIELDS})
-        profile.kept, profile.previous_tracks = profile.outcomes, profile.tracks
-        for artist_id, fetched_at in requested_at.items():
-            profile._note_fetched_at(artist_id, fetched_at)
-        return profile
 
     def _note_fetched_at(self, artist_id: str, requested_at: str) -> None:
         if not requested_at:

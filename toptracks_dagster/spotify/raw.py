@@ -1,17 +1,13 @@
 """Raw top-tracks partitions: one JSON Lines object per market, outcomes sorted by artist id, streamed.
 
-Layout, one JSON object per line:
-  {"record": "request", "format": 2, "market", "api_base_url", "started_at", "refresh": {...}}   what was asked
+One JSON object per line:
+  {"record": "request", "market", "version", "previous_version", "artists_fingerprint", "refresh", ...}
   {"record": "outcome", "artist_id", "market", "requested_at", "status", "tracks", "error", ...}  one per artist
-  {"record": "end", "outcomes", "finished_at"}                                                 proves completeness
-404s are outcomes too, so the load can be replayed without calling Spotify again. Outcomes are sorted by artist
-id (each artist at most once), which lets a refresh of a few artists be merged into the partition in one
-streaming pass: `PartitionMerge` keeps the other artists' outcomes as they are and drops artists that left the
-artist list.
-
-The partition a reader sees (`raw_partition_key`) is only ever replaced by a merged version that passed its
-blocking checks: the merge is written aside (`RawStorage.write_aside`), read back whole and compared byte for
-byte with what was written (SHA-256), checked, then published with its index (partition_index.py).
+  {"record": "end", "outcomes", "tracks", "touched", "finished_at"}                            proves completeness
+404s are outcomes too, so the load can be replayed without calling Spotify. `touched` lists the artists whose
+stored list this version changed (new, changed, removed), so a load can read just those; null means "all".
+A merge keeps the other artists' lines as they are; the partition readers see is only ever replaced by a merged
+version that was written aside, read back whole (SHA-256) and passed its blocking checks.
 """
 
 from __future__ import annotations
@@ -19,39 +15,52 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import fields
 from typing import IO, Iterable, Iterator
 
 from toptracks_dagster.common import is_valid_spotify_id, utc_now_iso
+from toptracks_dagster.config import PermanentError
 from toptracks_dagster.raw_storage.resources import (
     PendingObject,
     RawObjectMissing,
     RawStorage,
 )
 from toptracks_dagster.spotify.client import TopTracksOutcome
-from toptracks_dagster.spotify.partition_index import read_index, write_index
 from toptracks_dagster.spotify.profile import MAX_TRACKS, MarketProfile, track_ids_of, tracks_of
 
 __all__ = ["MAX_TRACKS", "MarketProfile", "PartitionMerge", "RawPartition", "RawPartitionIncomplete"]
 
-FORMAT = 2
+FORMAT = 3
 _OUTCOME_FIELDS = {f.name for f in fields(TopTracksOutcome)}
 # How every outcome line this module writes begins: lets a reader that wants a few artists skip the others'
 # lines without parsing them. A line that does not match is parsed.
 _OUTCOME_PREFIX = re.compile(r'\{"record":"outcome","artist_id":"([^"\\]*)"')
 
 
-class RawPartitionIncomplete(RuntimeError):
+class RawPartitionIncomplete(PermanentError):
     """The raw object is truncated, corrupt or not in the expected shape; the message names file, line, market."""
+
+
+def loaded_version(instance, market: str) -> str | None:
+    """The partition version that the latest load of `market` made the table equal (its materialization or, when
+    nothing changed, its observation of top_tracks records `raw_version`); None when this instance never saw one."""
+    from dagster import AssetKey, AssetRecordsFilter
+
+    records_filter = AssetRecordsFilter(asset_key=AssetKey("top_tracks"), asset_partitions=[market])
+    records = [
+        *instance.fetch_materializations(records_filter, limit=1).records,
+        *instance.fetch_observations(records_filter, limit=1).records,
+    ]
+    if not records:
+        return None
+    event = max(records, key=lambda r: r.storage_id).asset_event
+    entry = event.metadata.get("raw_version") if event is not None else None
+    return entry.value if entry is not None else None
 
 
 def raw_partition_key(market: str) -> str:
     return f"raw_top_tracks/market={market}/top_tracks.jsonl"
-
-
-def _legacy_key(market: str) -> str:
-    # Where raw partitions lived before they were kept sorted under the raw asset's own name.
-    return f"top_tracks/market={market}/top_tracks.jsonl"
 
 
 def outcome_from_record(record: dict) -> TopTracksOutcome:
@@ -60,75 +69,32 @@ def outcome_from_record(record: dict) -> TopTracksOutcome:
 
 # ------------------------------------------------------------------------------------------ reading
 class RawPartition:
-    """A verified raw partition: every line parsed, request and end records, outcomes sorted and unique.
+    """A verified raw partition: request and end records, outcomes sorted and unique, each artist's requested_at.
 
-    Verification reads the whole object once before anything uses it, so a corrupt line anywhere is refused
-    up front (naming file, line and market) instead of halfway through a load. Keeps each artist's
-    `requested_at` (ids and timestamps only, never tracks) for refresh planning.
+    Opening reads the whole object once, so a cut or reordered object is refused up front (naming file, line and
+    market) instead of halfway through a load. A line whose tracks cannot be parsed costs only its artist: it is
+    skipped by readers (the load keeps that artist's items) and fetched again by the next merge.
     """
 
-    def __init__(
-        self,
-        market: str,
-        uri: str,
-        opener,
-        request: dict,
-        end: dict,
-        requested_at: dict[str, str],
-        fingerprint: str = "",
-        summary: dict | None = None,
-    ):
+    def __init__(self, market: str, uri: str, opener, request: dict, end: dict, requested_at: dict[str, str]):
         self.market = market
         self.uri = uri
         self._open = opener
         self.request = request
         self.end = end
         self.requested_at = requested_at
-        self.fingerprint = fingerprint  # RawStorage.fingerprint of the object, "" for one not published yet
-        self.summary = summary  # the profile's whole-partition numbers, when read from a matching index
 
     @classmethod
     def open(cls, storage: RawStorage, market: str) -> "RawPartition":
-        """The market's current partition; RawObjectMissing when it has none yet.
-
-        With an index whose fingerprint matches (partition_index.py), nothing of the partition is parsed: it is
-        the object that was verified and checked before it was published. Otherwise every line is verified.
-        """
+        """The market's current partition; RawObjectMissing when it has none yet."""
         key = raw_partition_key(market)
         try:
-            return cls._indexed_or_verified(storage, market)
+            return cls._verified(market, storage.uri(key), lambda: storage.open_for_read(key))
         except RawObjectMissing:
-            pass
-        if _migrate_legacy(storage, market):
-            return cls._indexed_or_verified(storage, market)
-        raise RawObjectMissing(
-            f"raw top tracks for market {market} not found at {storage.uri(key)}: "
-            "materialize `raw_top_tracks` for this partition first"
-        )
-
-    @classmethod
-    def _indexed_or_verified(cls, storage: RawStorage, market: str) -> "RawPartition":
-        key = raw_partition_key(market)
-        fingerprint = storage.fingerprint(key)
-        index = read_index(storage, market, fingerprint)
-        if index is not None:
-            return cls(
-                market,
-                storage.uri(key),
-                lambda: storage.open_for_read(key),
-                index["request"],
-                index["end"],
-                index["requested_at"],
-                fingerprint,
-                index["summary"],
-            )
-        partition = cls._verified(market, storage.uri(key), lambda: storage.open_for_read(key))
-        partition.fingerprint = fingerprint
-        return partition
-
-    def write_index(self, storage: RawStorage, summary: dict) -> None:
-        """Record this published partition's index (its fingerprint must be the published object's)."""
-        write_index(storage, self.market, self.fingerprint, self.request, self.end, self.requested_at, summary)
+            raise RawObjectMissing(
+                f"raw top tracks for market {market} not found at {storage.uri(key)}: "
+                "materialize `raw_top_tracks` for this partition first"
+            ) from None
 
     @classmethod
     def open_or_none(cls, storage: RawStorage, market: str) -> "RawPartition | None":
@@ -210,29 +176,6 @@ class RawPartition:
         return list(self.requested_at)
 
 
-def _migrate_legacy(storage: RawStorage, market: str) -> bool:
-    """Rewrite a partition of the old layout (unsorted, under top_tracks/) into the current one, once."""
-    legacy = _legacy_key(market)
-    try:
-        with storage.open_for_read(legacy) as stream:
-            records = [json.loads(line) for line in stream]
-    except (RawObjectMissing, ValueError):
-        return False
-    if not records or records[0].get("record") != "request" or records[-1].get("record") != "end":
-        return False
-    outcomes = {r["artist_id"]: r for r in records[1:-1] if r.get("record") == "outcome"}
-    with storage.open_for_write(raw_partition_key(market)) as stream:
-        _write_record(stream, {**records[0], "format": FORMAT, "migrated_from": storage.uri(legacy)})
-        for artist_id in sorted(outcomes):
-            _write_record(stream, outcomes[artist_id])
-        _write_record(
-            stream,
-            {"record": "end", "outcomes": len(outcomes), "finished_at": records[-1].get("finished_at", utc_now_iso())},
-        )
-    storage.delete(legacy)
-    return True
-
-
 # ------------------------------------------------------------------------------------------ writing
 def _write_record(stream: IO[str], record: dict) -> None:
     stream.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
@@ -240,8 +183,8 @@ def _write_record(stream: IO[str], record: dict) -> None:
 
 
 class _HashingStream:
-    """Writes through to a text stream and keeps the SHA-256 of the UTF-8 bytes written: the object can then be
-    read back whole and compared byte for byte, without parsing what this process has just encoded."""
+    """Writes through to a text stream and keeps the SHA-256 of the UTF-8 bytes written, so the object can be read
+    back whole and compared without parsing what was just encoded."""
 
     def __init__(self, stream: IO[str]):
         self._stream = stream
@@ -256,12 +199,13 @@ class _HashingStream:
 
 
 class PartitionMerge:
-    """Merges one market's freshly fetched outcomes into its previous partition, streaming, into `stream`.
+    """Merges one market's fetched outcomes into its previous partition, streaming, into `stream`.
 
-    `artist_ids`: the artist list, sorted. `previous`: the previous partition's (outcome, stored line) pairs,
-    sorted (empty for a first fetch); a kept outcome is written as its stored line. `push` takes fetched
-    outcomes in artist-id order; every artist of the list between two pushes keeps its previous outcome, and
-    previous outcomes of artists no longer in the list are dropped.
+    `artist_ids`: the artist list, sorted. `previous`: the previous partition's (outcome, stored line) pairs, sorted.
+    `push` takes fetched outcomes in artist-id order; listed artists between two pushes keep their previous line,
+    artists no longer listed are dropped. A fetched outcome that is unusable (not 200 or 404) does not replace a
+    previous list: the artist is quarantined and keeps it. `touched_all`: the previous version may not have been
+    loaded, so the load must read every artist (`touched` null).
     """
 
     def __init__(
@@ -272,10 +216,10 @@ class PartitionMerge:
         previous: Iterable[tuple[TopTracksOutcome, str]],
         request: dict,
         planned: int,
+        touched_all: bool = False,
     ):
         self._stream = _HashingStream(stream) if stream is not None else None
         self.market = market
-        # What a reader of the written partition needs (RawPartition), gathered while writing it.
         self._request_record: dict = {}
         self._end_record: dict = {}
         self._requested_at: dict[str, str] = {}
@@ -283,12 +227,25 @@ class PartitionMerge:
         self._next_id = 0
         self._previous = iter(previous)
         self._held, self._held_line = next(self._previous, (None, ""))
+        self.touched: set[str] | None = None if touched_all else set()
         self.profile = MarketProfile(market=market, planned=planned)
-        self._write({"record": "request", "format": FORMAT, "market": market, **request, "started_at": utc_now_iso()})
+        self._write(
+            {
+                "record": "request",
+                "format": FORMAT,
+                "market": market,
+                "version": uuid.uuid4().hex,
+                **request,
+                "started_at": utc_now_iso(),
+            }
+        )
+
+    def _touch(self, artist_id: str) -> None:
+        if self.touched is not None:
+            self.touched.add(artist_id)
 
     def _previous_for(self, artist_id: str) -> tuple[TopTracksOutcome | None, str]:
-        """The previous outcome of `artist_id` and its stored line, if any; previous outcomes of artists before it
-        are dropped."""
+        """The previous outcome of `artist_id` and its stored line, if any; earlier artists' outcomes are dropped."""
         while self._held is not None and self._held.artist_id < artist_id:
             self._drop(self._held)
             self._held, self._held_line = next(self._previous, (None, ""))
@@ -307,13 +264,21 @@ class PartitionMerge:
             self._request_record = record
         else:
             self._end_record = record
-        if self._stream is not None:  # None: the partition is only profiled, not rewritten
+        if self._stream is not None:
             _write_record(self._stream, record)
 
     def _drop(self, outcome: TopTracksOutcome) -> None:
         self.profile.removed_artists += 1
         self.profile.previous_tracks += len(tracks_of(outcome))
         self.profile.tracks_dropped += len(tracks_of(outcome))
+        self._touch(outcome.artist_id)
+
+    def _keep(self, previous: TopTracksOutcome, line: str) -> None:
+        self.profile.kept += 1
+        self.profile._count(previous)
+        self._requested_at[previous.artist_id] = str(previous.requested_at)
+        if self._stream is not None:
+            self._stream.write(line if line.endswith("\n") else line + "\n")
 
     def _keep_until(self, artist_id: str | None) -> None:
         while self._next_id < len(self._ids) and (artist_id is None or self._ids[self._next_id] < artist_id):
@@ -322,12 +287,8 @@ class PartitionMerge:
             previous, line = self._previous_for(kept_id)
             if previous is None:
                 self.profile.pending_new.append(kept_id)
-                continue
-            self.profile.kept += 1
-            self.profile._count(previous)
-            self._requested_at[kept_id] = str(previous.requested_at)
-            if self._stream is not None:
-                self._stream.write(line if line.endswith("\n") else line + "\n")
+            else:
+                self._keep(previous, line)
 
     def push(self, outcome: TopTracksOutcome) -> None:
         if outcome.market != self.market:
@@ -336,11 +297,19 @@ class PartitionMerge:
         if self._next_id >= len(self._ids) or self._ids[self._next_id] != outcome.artist_id:
             raise ValueError(f"artist {outcome.artist_id} is not next in the artist list (fetch order broken)")
         self._next_id += 1
-        previous, _ = self._previous_for(outcome.artist_id)
+        previous, line = self._previous_for(outcome.artist_id)
+        self.profile._inspect_fetched(outcome)
+        if outcome.status not in (200, 404):
+            reason = (outcome.error or {}).get("message") or f"status {outcome.status}"
+            self.profile.quarantined.add({"artist_id": outcome.artist_id, "reason": reason})
+            if previous is not None:
+                self._keep(previous, line)
+                return
         if previous is None:
             self.profile.fetched_new += 1
+        if previous is None or previous.status != outcome.status or previous.tracks != outcome.tracks:
+            self._touch(outcome.artist_id)
         self.profile.tracks_dropped += len(track_ids_of(previous) - track_ids_of(outcome))
-        self.profile._inspect_fetched(outcome)
         self.profile._count(outcome)
         self._write({"record": "outcome", **outcome.to_json()})
 
@@ -349,13 +318,21 @@ class PartitionMerge:
         while self._held is not None:  # previous outcomes after the last listed artist
             self._drop(self._held)
             self._held, self._held_line = next(self._previous, (None, ""))
-        self._write({"record": "end", "outcomes": self.profile.outcomes, "finished_at": utc_now_iso()})
+        self._write(
+            {
+                "record": "end",
+                "outcomes": self.profile.outcomes,
+                "tracks": self.profile.tracks,
+                "touched": None if self.touched is None else sorted(self.touched),
+                "finished_at": utc_now_iso(),
+            }
+        )
         self.profile.finish()
         return self.profile
 
     def written(self, pending: PendingObject) -> RawPartition:
-        """The partition as written aside, read back whole and compared byte for byte with what this merge
-        wrote (SHA-256); RawPartitionIncomplete if the stored object differs (truncated, lost or altered)."""
+        """The partition as written aside, read back whole and compared with what this merge wrote (SHA-256);
+        RawPartitionIncomplete if the stored object differs (truncated, lost or altered)."""
         stored = pending.sha256()
         if self._stream is None or stored != self._stream.hexdigest():
             raise RawPartitionIncomplete(
@@ -363,10 +340,5 @@ class PartitionMerge:
                 f"(sha256 {stored[:12]}) is not what was written; nothing was published"
             )
         return RawPartition(
-            self.market,
-            pending.uri,
-            pending.open_for_read,
-            self._request_record,
-            self._end_record,
-            self._requested_at,
+            self.market, pending.uri, pending.open_for_read, self._request_record, self._end_record, self._requested_at
         )

@@ -1,15 +1,9 @@
 """What a run of `raw_top_tracks` fetches: the refresh modes and the plan per market.
 
-Cost per market of one run (Spotify requests; artists removed from the list never cost a request):
-  full      every listed artist                                   = artists
-  changed   artists the market's partition does not have yet      = new artists
-  due       new artists, and lists fetched max_age_hours or more ago = new + lists that aged out
-  stalest   new artists first, then the oldest stored lists       = limit
-            (or, with `pairs`, the `pairs` stalest (artist, market) pairs over all the run's markets together)
-  artists   the given ids (each must be in the artist list)       = len(artist_ids)
-Every mode drops the outcomes of artists that left the artist list, and keeps the other artists' outcomes.
-`max_requests` (and, with TOPTRACKS_REQUESTS_PER_DAY, what is left of the day's budget) caps the HTTP requests of
-a run, retries included: a fetch stopped by the cap publishes the outcomes it got and keeps the rest as they were.
+full, due and changed are one rule: fetch new artists, and stored lists fetched before a cutoff (full: the run's
+start, so a step retry keeps what the failed attempt fetched; due: `max_age_hours` ago; changed: none). stalest
+takes new artists first, then the oldest lists; artists takes the given ids. Artists that left the list are
+dropped without a request. `max_requests` and the daily budget cap a run's requests, retries included.
 """
 
 from __future__ import annotations
@@ -74,19 +68,21 @@ class MarketPlan:
         return f"{mode}: {len(self.fetch)} to fetch ({self.new} new), {self.removed} removed"
 
 
-def plan_market(config: RefreshConfig, market: str, listed: list[str], stored: dict[str, str] | None) -> MarketPlan:
+def plan_market(
+    config: RefreshConfig, market: str, listed: list[str], stored: dict[str, str] | None, run_started: datetime
+) -> MarketPlan:
     """`listed`: the artist list, sorted. `stored`: the partition's artist -> requested_at (None: no partition)."""
     stored = stored or {}
     listed_set = set(listed)
     new = [a for a in listed if a not in stored]
     removed = sum(1 for a in stored if a not in listed_set)
-    if config.mode == "full":
-        fetch = listed
-    elif config.mode == "changed":
-        fetch = new
-    elif config.mode == "due":
-        cutoff = datetime.now(timezone.utc) - timedelta(hours=config.max_age_hours)
-        fetch = [a for a in listed if a not in stored or _fetched_before(stored[a], cutoff)]
+    if config.mode in ("full", "due", "changed"):
+        cutoff = {
+            "full": run_started,
+            "due": datetime.now(timezone.utc) - timedelta(hours=config.max_age_hours),
+            "changed": None,
+        }[config.mode]
+        fetch = [a for a in listed if a not in stored or (cutoff is not None and _fetched_before(stored[a], cutoff))]
     elif config.mode == "stalest":
         if config.limit <= 0:
             raise RefreshPlanError("mode 'stalest' needs a limit (per market) or pairs (over all markets) above 0")
@@ -155,7 +151,11 @@ def plan_stalest_pairs(
 
 
 def plan_run(
-    config: RefreshConfig, markets: list[str], listed: list[str], stored: dict[str, dict[str, str] | None]
+    config: RefreshConfig,
+    markets: list[str],
+    listed: list[str],
+    stored: dict[str, dict[str, str] | None],
+    run_started: datetime,
 ) -> list[MarketPlan]:
     """One plan per market. A market without a partition is fetched in full, except by a `pairs` plan (whose
     pairs without a list come first anyway)."""
@@ -167,6 +167,7 @@ def plan_run(
             m,
             listed,
             stored.get(m),
+            run_started,
         )
         for m in markets
     ]

