@@ -1,28 +1,14 @@
-"""The README's command and the sensor path against the baseline script's loop, on one stack, in one invocation.
+"""What a user runs against the baseline script's loop, on one stack, in one invocation: every figure is a ratio
+on this machine, every count comes from outside the timed code.
 
-Starts a Spotify emulator (own process, 50 ms latency), AWS's DynamoDB Local and a database on the machine's MariaDB,
-then times what a user runs and prints one table; every figure is a ratio on this machine.
+    .venv/bin/python benchmarks/run.py              # 500 artists x US,CA: baseline, floor, W1, W2, sensor, README
+    .venv/bin/python benchmarks/run.py --w4 2000,20000   # plus W4: peak RSS of `toptracks run` at those sizes
+    .venv/bin/python benchmarks/run.py --smoke      # tiny, no latency: what the test suite runs
 
-    .venv/bin/python benchmarks/run.py                       # baseline, W1, W2, sensor +k/-k: 500 artists x US,CA
-    .venv/bin/python benchmarks/run.py --w4                  # plus W4: peak RSS of `toptracks run` at 2,000/20,000
-    .venv/bin/python benchmarks/run.py --smoke               # seconds: what the test suite runs
-
-baseline  the baseline script's loop: sequential GET per (artist, market), one put_item per track.
-W1 / W2   `python -m toptracks_dagster.cli run` (= `toptracks run`) as a child process, DAGSTER_DEPLOYMENT=prod,
-          a real instance directory (DAGSTER_HOME with the repo's dagster_home/dagster.yaml): first load, then the
-          same command with nothing changed (its default mode `due`: no list is older than 20 h, nothing fetched),
-          then `--mode full` (every pair fetched again). Wall time is the child's, start-up and imports included.
-+k / -k   a real `dagster-daemon run` on the same instance with `artists_changed_sensor` switched on
-          (`dagster sensor start`): k artists added to (then removed from) the MariaDB table; timed from the
-          change to the success of the run the sensor launched.
-W1 cold   W1 again on a second, fresh DynamoDB Local (its JVM has served nothing yet), a fresh instance directory,
-          raw directory and table: what a first run sees on a DynamoDB Local started just before it.
-W3        (--w3) W2 under a rolling limit of R req/s on the emulator and SPOTIFY_REQUESTS_PER_SECOND=R.
-W4        (--w4) `toptracks run` for one market at N artists in a child process, 0 ms latency: its peak RSS.
-write floor  plain parallel BatchWriteItem of the same items into DynamoDB Local, no API at all.
-
-Spotify requests are the emulator's own count (admin stats, reset before each workload); DynamoDB read and write
-requests, items and check reads come from the run's events in the instance (materialization and check metadata).
+Stack: the Spotify emulator in its own process (50 ms latency), AWS's DynamoDB Local, a database on the machine's
+MariaDB. `toptracks run` runs as a child process (DAGSTER_DEPLOYMENT=prod) on a real instance directory; the
+sensor rows run a real `dagster-daemon`. Spotify requests are the emulator's count; DynamoDB requests come from
+the run's `top_tracks` events; `items` is a COUNT scan of the table after the row.
 """
 
 from __future__ import annotations
@@ -39,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,18 +36,11 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.dynamodb_local import (  # noqa: E402
-    LOCAL_CREDENTIALS,
-    LOCAL_REGION,
-    dynamodb_local,
-    local_client,
-)
-from toptracks_dagster.dev.spotify_emulator import (  # noqa: E402
-    Catalog,
-    demo_artist_ids,
-)
-from toptracks_dagster.dynamodb.items import build_item, serialize_item  # noqa: E402
-from toptracks_dagster.dynamodb.table import BATCH_SIZE, ensure_table  # noqa: E402
+from tests.dynamodb_local import LOCAL_CREDENTIALS, LOCAL_REGION, dynamodb_local, local_client  # noqa: E402
+from toptracks_dagster.dev.spotify_emulator import Catalog, demo_artist_ids  # noqa: E402
+from toptracks_dagster.dynamodb.load import serialize, wanted_items  # noqa: E402
+from toptracks_dagster.dynamodb.table import ensure_table  # noqa: E402
+from toptracks_dagster.spotify.client import TopTracksOutcome  # noqa: E402
 
 CLIENT_ID = "toptracks-benchmark"
 MYSQL = {
@@ -69,51 +49,56 @@ MYSQL = {
     "user": os.environ.get("TEST_MYSQL_USER", "root"),
     "password": os.environ.get("TEST_MYSQL_PASSWORD", ""),
 }
-MATCH_RAW_CHECK = "top_tracks_match_raw"  # its metadata carries the verification's reads (shared with round-trip)
 SENSOR = "artists_changed_sensor"
+BATCH_SIZE = 25  # BatchWriteItem's limit
+WAIT_S = 600.0  # longest wait for any one thing the benchmark starts (a process, a tick, a run)
+LOAD_FIGURES = (
+    "artists_read",
+    "artists_changed",
+    "artists_removed",
+    "items_written",
+    "items_deleted",
+    "items_unchanged",
+    "read_requests",
+    "write_requests",
+)
+# `toptracks run` in this very process, then its peak RSS: VmHWM, not ru_maxrss, which Linux carries across
+# fork+exec (a child of a big parent reports the parent's size).
+W4_WRAPPER = """
+import sys
+from toptracks_dagster.cli import main
+code = main(sys.argv[1:])
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print("PEAK-RSS-MB %.1f" % (int(line.split()[1]) / 1024), flush=True)
+sys.exit(code)
+"""
 
 
-# ------------------------------------------------------------------------------------------------ emulator
 class EmulatorProcess:
-    """The Spotify emulator in its own process, as Spotify is remote: its CPU does not compete with the
-    client's for one process's GIL. Settings and statistics go through its admin endpoints."""
+    """The Spotify emulator in its own process, as Spotify is remote: it does not compete for the client's GIL."""
 
-    def __init__(self, secret: str, latency_ms: float, seed: int):
-        env = {**os.environ, "BENCH_SPOTIFY_SECRET": secret}
+    def __init__(self, secret: str, latency_ms: float):
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "toptracks_dagster.dev.spotify_emulator",
-                "--port",
-                "0",
-                "--client-id",
-                CLIENT_ID,
-                "--client-secret-env",
-                "BENCH_SPOTIFY_SECRET",
-                "--latency-ms",
-                str(latency_ms),
-                "--seed",
-                str(seed),
-            ],
-            env=env,
+            [sys.executable, "-m", "toptracks_dagster.dev.spotify_emulator", "--port", "0", "--client-id", CLIENT_ID]
+            + ["--client-secret-env", "BENCH_SPOTIFY_SECRET", "--latency-ms", str(latency_ms), "--seed", "42"],
+            env={**os.environ, "BENCH_SPOTIFY_SECRET": secret},
             stdout=subprocess.PIPE,
             text=True,
         )
-        line = self.process.stdout.readline()
-        self.root = line.strip().rsplit(" ", 1)[-1]
+        self.root = self.process.stdout.readline().strip().rsplit(" ", 1)[-1]
         self.base_url, self.token_url = f"{self.root}/v1", f"{self.root}/api/token"
 
-    def update(self, **settings) -> None:
-        requests.post(f"{self.root}/_emulator/settings", json=settings, timeout=10).raise_for_status()
-
-    def reset_stats(self) -> None:
-        requests.post(f"{self.root}/_emulator/reset-stats", timeout=10).raise_for_status()
-
-    def stats(self) -> dict:
-        response = requests.get(f"{self.root}/_emulator/stats", timeout=10)
+    def admin(self, path: str, **settings) -> dict:
+        response = requests.post(f"{self.root}/_emulator/{path}", json=settings, timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def requests_served(self) -> int:
+        """Top-tracks requests since the last reset-stats (token requests are counted apart)."""
+        response = requests.get(f"{self.root}/_emulator/stats", timeout=10)
+        response.raise_for_status()
+        return response.json()["requests"]
 
     def __enter__(self) -> "EmulatorProcess":
         return self
@@ -123,65 +108,67 @@ class EmulatorProcess:
         self.process.wait(timeout=20)
 
 
-# ------------------------------------------------------------------------------------------------ baseline
-def baseline_loop(
-    database: str, emulator: EmulatorProcess, secret: str, endpoint: str, table: str, markets: list[str]
-) -> dict:
+def table_items(endpoint: str, table: str, credentials: dict = LOCAL_CREDENTIALS) -> int:
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name=LOCAL_REGION, **credentials)
+    pages = client.get_paginator("scan").paginate(TableName=table, Select="COUNT")
+    return sum(page["Count"] for page in pages)
+
+
+# ------------------------------------------------------------------------------------------------ the references
+def baseline_loop(database: str, emulator: EmulatorProcess, secret: str, endpoint: str, markets: list[str]) -> dict:
     """The baseline script's loop: sequential GET per artist per market, one put_item per track, one token.
 
     Fixed only so it does the same work: the artist list is read once (not inside the country loop), the market
     actually sent is the loop's, and a 404 is skipped instead of crashing on raw['tracks'].
     """
     dynamodb = boto3.resource("dynamodb", endpoint_url=endpoint, region_name=LOCAL_REGION, **LOCAL_CREDENTIALS)
-    dynamodb.create_table(
-        TableName=table,
+    target = dynamodb.create_table(
+        TableName=f"baseline_{uuid.uuid4().hex[:8]}",
         KeySchema=[{"AttributeName": "artist_id", "KeyType": "HASH"}, {"AttributeName": "id", "KeyType": "RANGE"}],
         AttributeDefinitions=[
             {"AttributeName": "artist_id", "AttributeType": "S"},
             {"AttributeName": "id", "AttributeType": "S"},
         ],
         BillingMode="PAY_PER_REQUEST",
-    ).wait_until_exists()
+    )
+    target.wait_until_exists()
     started = time.monotonic()
-    connection = pymysql.connect(database=database, **MYSQL)
-    cursor = connection.cursor()
-    cursor.execute("SELECT id FROM artists")
-    artist_ids = [row[0] for row in cursor.fetchall()]
+    with pymysql.connect(database=database, **MYSQL) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM artists")
+        artist_ids = [row[0] for row in cursor.fetchall()]
     token = requests.post(
-        emulator.token_url, data={"grant_type": "client_credentials"}, auth=(CLIENT_ID, secret)
+        emulator.token_url, data={"grant_type": "client_credentials"}, auth=(CLIENT_ID, secret), timeout=30
     ).json()["access_token"]
-    target = dynamodb.Table(table)
-    requests_sent = puts = 0
+    sent = puts = 0
     for market in markets:
         for artist_id in artist_ids:
-            response = requests.get(
+            raw = requests.get(
                 f"{emulator.base_url}/artists/{artist_id}/top-tracks",
                 params={"market": market},
                 headers={"Authorization": f"Bearer {token}"},
-            )
-            requests_sent += 1
-            raw = response.json()
+                timeout=30,
+            ).json()
+            sent += 1
             for track in raw.get("tracks", []):
                 target.put_item(Item={"artist_id": artist_id, "country": market, **track})
                 puts += 1
-    connection.close()
-    return {"wall_s": time.monotonic() - started, "requests": requests_sent, "write_requests": puts, "429s": 0}
+    return {"wall_s": time.monotonic() - started, "requests": sent, "write_requests": puts, "items_written": puts}
 
 
-# ------------------------------------------------------------------------------------------------ write floor
-def write_floor(
-    catalog: Catalog, artist_ids: list[str], markets: list[str], endpoint: str, concurrency: int = 8
-) -> dict:
-    """The same items, plain parallel BatchWriteItem, no API and no diffing: what DynamoDB Local can absorb."""
-    client = local_client(endpoint, max_pool_connections=concurrency * 2)
+def write_floor(catalog: Catalog, artist_ids: list[str], markets: list[str], endpoint: str) -> dict:
+    """The pipeline's items, plain parallel BatchWriteItem (8 in flight), no API, no reads: what DynamoDB Local
+    can absorb."""
+    client = local_client(endpoint, max_pool_connections=16)
     table = f"floor_{uuid.uuid4().hex[:8]}"
     ensure_table(client, table, endpoint)
-    items = [
-        serialize_item(build_item(a, m, rank, t, "2026-01-01T00:00:00Z"))
-        for m in markets
-        for a in artist_ids
-        for rank, t in enumerate(catalog.top_tracks(a, m) or [], 1)
-    ]
+    items, artists_with_tracks = [], 0
+    for market in markets:
+        for artist_id in artist_ids:
+            tracks = catalog.top_tracks(artist_id, market)
+            outcome = TopTracksOutcome(artist_id, market, "2026-01-01T00:00:00Z", 200 if tracks else 404, tracks)
+            wanted = wanted_items(market, outcome)
+            artists_with_tracks += bool(wanted)
+            items += [serialize({**item, "fetched_at": outcome.requested_at}) for item in wanted.values()]
     batches = [items[i : i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
 
     def send(batch: list[dict]) -> None:
@@ -190,10 +177,16 @@ def write_floor(
             pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
 
     started = time.monotonic()
-    with ThreadPoolExecutor(concurrency) as pool:
+    with ThreadPoolExecutor(8) as pool:
         list(pool.map(send, batches))
-    wall = time.monotonic() - started
-    return {"wall_s": wall, "requests": 0, "write_requests": len(batches), "429s": 0, "items": len(items)}
+    return {
+        "wall_s": time.monotonic() - started,
+        "requests": 0,
+        "write_requests": len(batches),
+        "items_written": len(items),
+        "artists_with_tracks": artists_with_tracks,
+        "items": table_items(endpoint, table),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the instance
@@ -213,125 +206,74 @@ def open_instance(home: Path):
 
 
 def run_figures(home: Path, run_id: str) -> dict:
-    """What the run recorded: the load's DynamoDB requests and items per market, the checks' reads, and the
-    Spotify numbers of the raw step; summed over the run's markets."""
-    from dagster import DagsterEventType
+    """What the run recorded: the load's figures summed over markets (from `top_tracks`' materializations and
+    observations), the `exact` check's read-back, materializations per asset, the Spotify run tags, step times."""
+    from dagster import DagsterEventType as Type
 
-    figures = {
-        "write_requests": 0,
-        "read_requests_load": 0,
-        "read_requests_checks": 0,
-        "items": 0,
-        "items_written": 0,
-        "items_deleted": 0,
-        "markets": {},
-    }
+    figures = dict.fromkeys(LOAD_FIGURES, 0) | {"artists_read_back": 0, "exact_failed": 0, "markets": {}}
+    materialized = Counter()
     with open_instance(home) as instance:
-        entries = instance.all_logs(
-            run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
-        )
-        for entry in entries:
+        kinds = {Type.ASSET_MATERIALIZATION, Type.ASSET_OBSERVATION, Type.ASSET_CHECK_EVALUATION}
+        for entry in instance.all_logs(run_id, of_type=kinds):
             event = entry.dagster_event
-            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-                materialization = event.event_specific_data.materialization
-                values = {k: v.value for k, v in materialization.metadata.items()}
-                asset = materialization.asset_key.to_user_string()
-                if asset == "top_tracks" and materialization.partition:
-                    market = figures["markets"].setdefault(materialization.partition, {})
-                    market.update(
-                        {
-                            k: values.get(k, 0)
-                            for k in (
-                                "write_requests",
-                                "read_requests",
-                                "items_written",
-                                "items_unchanged",
-                                "items_deleted",
-                                "artists_changed",
-                                "artists_removed",
-                                "table_state",
-                                "wall_time_s",
-                            )
-                        }
-                    )
-                    market["items"] = values.get("dagster/row_count", 0)
-                    figures["write_requests"] += values.get("write_requests", 0)
-                    figures["read_requests_load"] += values.get("read_requests", 0)
-                    figures["items"] += values.get("dagster/row_count", 0)
-                    figures["items_written"] += values.get("items_written", 0)
-                    figures["items_deleted"] += values.get("items_deleted", 0)
-                elif asset == "raw_top_tracks" and "run_requests" in values:
-                    figures["api_phase_s"] = values.get("run_wall_time_s", 0.0)
-                    figures["run_requests"] = values.get("run_requests", 0)
-                    figures["run_429s"] = values.get("run_responses_429", 0)
-            else:
-                evaluation = event.event_specific_data
-                if evaluation.check_name == MATCH_RAW_CHECK:
-                    values = {k: v.value for k, v in evaluation.metadata.items()}
-                    reads = values.get("read_requests", 0)
-                    figures["read_requests_checks"] += reads
-                    if evaluation.partition:
-                        figures["markets"].setdefault(evaluation.partition, {})["check_reads"] = reads
-        # Where the run's time went: each step's duration, and each market's load (the rest of the
-        # top_tracks step is its checks' read-back).
-        figures["steps_s"] = {
-            s.step_key: round(s.end_time - s.start_time, 2)
-            for s in instance.get_run_step_stats(run_id)
-            if s.start_time and s.end_time
-        }
-    figures["read_requests"] = figures["read_requests_load"] + figures["read_requests_checks"]
+            data = event.event_specific_data
+            if event.event_type == Type.ASSET_CHECK_EVALUATION:
+                if data.check_name == "exact":
+                    figures["artists_read_back"] += data.metadata["artists_read_back"].value
+                    figures["exact_failed"] += not data.passed
+                continue
+            found = data.materialization if event.event_type == Type.ASSET_MATERIALIZATION else data.asset_observation
+            asset = found.asset_key.to_user_string()
+            materialized[asset] += event.event_type == Type.ASSET_MATERIALIZATION
+            if asset == "top_tracks":
+                values = {k: v.value for k, v in found.metadata.items()}
+                figures["markets"][found.partition] = {k: values.get(k) for k in ("reconciled", *LOAD_FIGURES)}
+                for name in LOAD_FIGURES:
+                    figures[name] += values.get(name, 0)
+        tags = instance.get_run_by_id(run_id).tags
+        steps = instance.get_run_step_stats(run_id)
+    figures["materializations"] = dict(materialized)
+    figures["spotify_tags"] = {k.split("/")[1]: v for k, v in tags.items() if k.startswith("toptracks/spotify_")}
+    figures["steps_s"] = {s.step_key: round(s.end_time - s.start_time, 2) for s in steps if s.start_time and s.end_time}
     return figures
 
 
-def spotify_count(emulator: EmulatorProcess) -> dict:
-    stats = emulator.stats()
-    return {
-        "requests": stats["requests"],
-        "token_requests": stats["token_requests"],
-        "429s": stats.get("rate_limited", 0),
-    }
-
-
-# ------------------------------------------------------------------------------------------------ `toptracks run`
-def toptracks_run(env: dict, emulator: EmulatorProcess, home: Path, *extra: str) -> dict:
+def toptracks_run(env: dict, home: Path, emulator: EmulatorProcess | None, *args: str, wrapper: bool = False) -> dict:
     """`toptracks run` as a user types it, in a child process; figures from the emulator and the instance."""
-    emulator.reset_stats()
+    if emulator:
+        emulator.admin("reset-stats")
+    command = [sys.executable, "-c", W4_WRAPPER] if wrapper else [sys.executable, "-m", "toptracks_dagster.cli"]
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "-m", "toptracks_dagster.cli", "run", *extra],
+        [*command, "run", *args],
         cwd=REPO,
-        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        env={**env, "DAGSTER_HOME": str(home)},
         capture_output=True,
         text=True,
+        timeout=WAIT_S * 3,
     )
     wall = time.monotonic() - started
     if completed.returncode != 0:
         raise RuntimeError(
-            f"toptracks run {' '.join(extra)} failed ({completed.returncode}):\n"
-            f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+            f"toptracks run {' '.join(args)} failed:\n{completed.stdout[-3000:]}{completed.stderr[-3000:]}"
         )
     run_id = re.search(r"^run (\S+) recorded", completed.stdout, re.M).group(1)
-    in_run = re.search(r"in ([0-9.]+) s in all", completed.stdout)
-    return {
-        "wall_s": wall,
-        "in_run_s": float(in_run.group(1)) if in_run else None,
-        "run_id": run_id,
-        **spotify_count(emulator),
-        **run_figures(home, run_id),
-        "stdout": completed.stdout,
-    }
+    figures = {"wall_s": wall, "in_run_s": float(re.search(r"in ([0-9.]+) s in all", completed.stdout).group(1))}
+    if wrapper:
+        figures["peak_rss_mb"] = float(re.search(r"^PEAK-RSS-MB ([0-9.]+)", completed.stdout, re.M).group(1))
+    if emulator:
+        figures["requests"] = emulator.requests_served()
+    return figures | run_figures(home, run_id)
 
 
 # ------------------------------------------------------------------------------------------------ sensor path
 class Daemon:
-    """`dagster-daemon run` on the instance, with the workspace of the repo; its code server and the runs it
-    launches inherit this environment (the prod variables)."""
+    """`dagster-daemon run` on the instance with the repo's workspace, in its own session so that stopping it stops
+    its code server and run workers too, and nothing else."""
 
     def __init__(self, env: dict, home: Path, log_path: Path):
-        self.env = {**os.environ, **env, "DAGSTER_HOME": str(home)}
-        self.home = home
+        self.env, self.home = {**env, "DAGSTER_HOME": str(home)}, home
         self.log = open(log_path, "w")
-        # Its own session, so stopping it stops its code server and run workers too, and nothing else.
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
             cwd=REPO,
@@ -341,45 +283,56 @@ class Daemon:
             start_new_session=True,
         )
 
-    def start_sensor(self, name: str) -> None:
+    def start_sensor(self) -> None:
         subprocess.run(
-            [sys.executable, "-m", "dagster", "sensor", "start", name, "-w", "workspace.yaml"],
+            [sys.executable, "-m", "dagster", "sensor", "start", SENSOR, "-w", "workspace.yaml"],
             cwd=REPO,
             env=self.env,
             check=True,
             capture_output=True,
-            text=True,
+            timeout=WAIT_S,
         )
 
-    def wait_for_run(self, seen: set[str], timeout_s: float) -> str:
-        """The first run the sensor launched that is not in `seen`, once it ended; raises if it did not succeed."""
-        from dagster import DagsterRunStatus, RunsFilter
-
-        deadline = time.monotonic() + timeout_s
+    def _poll(self, probe, what: str):
+        deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dagster-daemon exited ({self.process.returncode}); see {self.log.name}")
             with open_instance(self.home) as instance:
-                runs = instance.get_runs(RunsFilter(tags={"trigger": "artists_changed"}))
-                new = [r for r in runs if r.run_id not in seen]
-                for run in new:
-                    if run.status == DagsterRunStatus.SUCCESS:
-                        return run.run_id
-                    if run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
-                        raise RuntimeError(
-                            f"sensor run {run.run_id} ended {run.status.value}; see the instance at {self.home}"
-                        )
+                found = probe(instance)
+            if found is not None:
+                return found
             time.sleep(0.25)
-        raise TimeoutError(f"no successful sensor run within {timeout_s:.0f} s; daemon log {self.log.name}")
+        raise TimeoutError(f"no {what} within {WAIT_S:.0f} s; daemon log {self.log.name}")
 
-    def run_times(self, run_id: str) -> dict:
-        with open_instance(self.home) as instance:
+    def next_tick(self, after: float, launching: bool):
+        """The first finished tick of the sensor that started after `after` (with `launching`, that launched)."""
+        from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+        def probe(instance):
+            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+                if state.instigator_name != SENSOR:
+                    continue
+                ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after)
+                for tick in sorted(ticks, key=lambda t: t.timestamp):
+                    if tick.status == TickStatus.FAILURE:
+                        raise RuntimeError(f"sensor tick failed: {tick.error.message if tick.error else ''}")
+                    if tick.status == TickStatus.SUCCESS or (tick.status == TickStatus.SKIPPED and not launching):
+                        return tick
+            return None
+
+        return self._poll(probe, "sensor tick")
+
+    def finished(self, run_id: str):
+        from dagster import DagsterRunStatus
+
+        def probe(instance):
             record = instance.get_run_record_by_id(run_id)
-            return {
-                "created": record.create_timestamp.timestamp(),
-                "started": record.start_time,
-                "ended": record.end_time,
-            }
+            if record.dagster_run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+                raise RuntimeError(f"sensor run {run_id} ended {record.dagster_run.status.value}; see {self.home}")
+            return record if record.dagster_run.status == DagsterRunStatus.SUCCESS else None
+
+        return self._poll(probe, f"success of run {run_id}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -392,69 +345,49 @@ class Daemon:
         self.log.close()
 
 
-def sensor_change(daemon: Daemon, emulator: EmulatorProcess, change, seen: set[str], timeout_s: float) -> dict:
-    """Apply `change` to the artists table, wait for the run the sensor launches, and measure it."""
-    emulator.reset_stats()
+def sensor_change(daemon: Daemon, emulator: EmulatorProcess, change, table: tuple[str, str]) -> dict:
+    """Apply `change`, then follow the tick that launched a run to that run's success."""
+    emulator.admin("reset-stats")
     changed_at = time.time()
     change()
-    run_id = daemon.wait_for_run(seen, timeout_s)
-    seen.add(run_id)
-    times = daemon.run_times(run_id)
+    tick = daemon.next_tick(changed_at, launching=True)
+    run_id = tick.run_ids[0]
+    record = daemon.finished(run_id)
     return {
-        "wall_s": times["ended"] - changed_at,
-        "launch_s": times["created"] - changed_at,
-        "in_run_s": times["ended"] - times["started"],
-        "run_id": run_id,
-        **spotify_count(emulator),
-        **run_figures(daemon.home, run_id),
+        "wall_s": record.end_time - changed_at,
+        "launch_s": record.create_timestamp.timestamp() - changed_at,
+        "in_run_s": record.end_time - record.start_time,
+        "runs_launched": len(tick.run_ids),
+        "requests": emulator.requests_served(),
+        "items": table_items(*table),
+    } | run_figures(daemon.home, run_id)
+
+
+# ------------------------------------------------------------------------------------------------ README command
+def readme_runs(workdir: Path) -> list[dict]:
+    """The README's `toptracks run` on a fresh clone's state (no stack, no instance, no raw data), twice; stops the
+    stack it started."""
+    home, local = make_instance_home(workdir / "readme"), workdir / "readme" / "local"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "TOPTRACKS_", "SPOTIFY_", "MYSQL_"))}
+    env = {k: v for k, v in env.items() if not k.startswith(("AWS_", "DYNAMODB_"))}  # a clone's shell has none
+    env |= {
+        "TOPTRACKS_LOCAL_DIR": str(local),
+        "TOPTRACKS_RAW_DIR": str(workdir / "readme" / "raw"),
+        "TOPTRACKS_STACK_SPOTIFY_PORT": "0",  # never someone else's stack on the default ports
+        "TOPTRACKS_STACK_DYNAMODB_PORT": "0",
     }
-
-
-# ------------------------------------------------------------------------------------------------ W4
-# `toptracks run` in this very process, then its peak RSS: VmHWM, not getrusage's ru_maxrss, which Linux carries
-# across fork+exec (a child of a big parent reports the parent's size).
-W4_WRAPPER = """
-import sys
-from toptracks_dagster.cli import main
-code = main(sys.argv[1:])
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        print("PEAK-RSS-MB %.1f" % (int(line.split()[1]) / 1024), flush=True)
-sys.exit(code)
-"""
-
-
-def w4(count: int, env: dict, emulator: EmulatorProcess, database_for, workdir: Path, market: str) -> dict:
-    database = database_for(demo_artist_ids(count, seed=4))
-    home = make_instance_home(workdir / f"w4_{count}")
-    child_env = {
-        **os.environ,
-        **env,
-        "DAGSTER_HOME": str(home),
-        "MYSQL_DATABASE": database,
-        "TOPTRACKS_TABLE": f"w4_{uuid.uuid4().hex[:8]}",
-        "TOPTRACKS_COUNTRIES": market,
-        "TOPTRACKS_RAW_DIR": str(workdir / f"w4_{count}" / "raw"),
-    }
-    emulator.reset_stats()
-    started = time.monotonic()
-    completed = subprocess.run(
-        [sys.executable, "-c", W4_WRAPPER, "run"], cwd=REPO, env=child_env, capture_output=True, text=True
-    )
-    wall = time.monotonic() - started
-    if completed.returncode != 0:
-        raise RuntimeError(f"W4 at {count} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
-    rss = float(re.search(r"^PEAK-RSS-MB ([0-9.]+)", completed.stdout, re.M).group(1))
-    run_id = re.search(r"^run (\S+) recorded", completed.stdout, re.M).group(1)
-    in_run = re.search(r"in ([0-9.]+) s in all", completed.stdout)
-    return {
-        "wall_s": wall,
-        "in_run_s": float(in_run.group(1)) if in_run else None,
-        "peak_rss_mb": rss,
-        "run_id": run_id,
-        **spotify_count(emulator),
-        **run_figures(home, run_id),
-    }
+    try:
+        rows = [toptracks_run(env, home, None), toptracks_run(env, home, None)]
+        state = json.loads((local / "stack.json").read_text())
+        credentials = {k: state[k] for k in ("aws_access_key_id", "aws_secret_access_key")}
+        endpoint = f"http://127.0.0.1:{state['processes']['dynamodb']['port']}"
+        for row in rows:
+            row["requests"] = int(row["spotify_tags"].get("spotify_requests", 0))
+        rows[-1]["items"] = table_items(endpoint, "top_tracks", credentials)
+        return rows
+    finally:
+        toptracks = [sys.executable, "-m", "toptracks_dagster.cli", "stack", "stop"]
+        subprocess.run(toptracks, cwd=REPO, env=env, capture_output=True, timeout=120)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -466,30 +399,20 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="SPOTIFY_CONCURRENCY of `toptracks run`")
     parser.add_argument("--k", type=int, default=5, help="artists added, then removed, on the sensor path")
     parser.add_argument("--sensor-interval", type=int, default=5, help="TOPTRACKS_SENSOR_INTERVAL_S of the daemon")
-    parser.add_argument("--no-sensor", action="store_true", help="skip the sensor path")
+    parser.add_argument("--no-sensor", action="store_true", help="skip the sensor rows")
     parser.add_argument("--no-cold", action="store_true", help="skip W1 on a fresh DynamoDB Local")
-    parser.add_argument("--w3", action="store_true", help="also W3: an unchanged refresh under a rolling limit")
-    parser.add_argument("--rate", type=float, default=20.0, help="W3: the rolling limit R, requests/s")
+    parser.add_argument("--no-readme", action="store_true", help="skip the README command on a fresh clone's state")
     parser.add_argument(
-        "--w4",
-        nargs="?",
-        const="2000,20000",
-        default="",
-        help="also W4: peak RSS of `toptracks run` at these artist counts (default 2000,20000)",
+        "--w4", default="", help="W4: peak RSS of `toptracks run` at these artist counts, e.g. 2000,20000"
     )
-    parser.add_argument("--only-w4", action="store_true", help="skip everything but W4")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, no latency, no W3/W4: for the test suite")
-    parser.add_argument("--timeout", type=float, default=900.0, help="longest wait for one sensor-launched run, s")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (instance, raw data, logs)")
+    parser.add_argument("--smoke", action="store_true", help="12 artists, no latency, k=2: for the test suite")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (instances, raw data, logs)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.smoke:
-        args.artists, args.latency_ms, args.k, args.sensor_interval, args.w3, args.w4 = 12, 0.0, 2, 1, False, ""
-    if args.only_w4 and not args.w4:
-        args.w4 = "2000,20000"
+        args.artists, args.latency_ms, args.k, args.sensor_interval, args.no_readme = 12, 0.0, 2, 1, True
     markets = [m.strip() for m in args.markets.split(",")]
     secret = secrets.token_urlsafe(24)
-    catalog = Catalog(seed=42)
     ids = demo_artist_ids(args.artists, seed=42)
     added = [a for a in demo_artist_ids(args.k + 50, seed=4242) if a not in set(ids)][: args.k]
     databases: list[str] = []
@@ -506,28 +429,28 @@ def main() -> int:
         databases.append(name)
         return name
 
-    def change_artists(database: str, sql: str, artist_ids: list[str]):
+    def change_artists(sql: str):
         def apply() -> None:
-            with (
-                pymysql.connect(database=database, autocommit=True, **MYSQL) as connection,
-                connection.cursor() as cursor,
-            ):
-                cursor.executemany(sql, [(a,) for a in artist_ids])
+            with pymysql.connect(database=database, autocommit=True, **MYSQL) as connection:
+                connection.cursor().executemany(sql, [(a,) for a in added])
 
         return apply
 
     results: dict[str, dict] = {}
 
-    def record(key: str, label: str, figures: dict) -> None:  # each result shows as soon as it is measured
-        figures = {k: v for k, v in figures.items() if k != "stdout"}
+    def record(key: str, label: str, figures: dict) -> None:  # each row shows as soon as it is measured
         results[key] = {"label": label, **figures}
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items() if k != "markets"}
         print(f"measured {label}: {json.dumps(shown)}", flush=True)
 
     try:
-        with EmulatorProcess(secret, args.latency_ms, seed=42) as emulator, dynamodb_local() as endpoint:
+        with EmulatorProcess(secret, args.latency_ms) as emulator, dynamodb_local() as endpoint:
             database = database_for(ids)
             env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("DAGSTER_", "TOPTRACKS_", "MYSQL_", "AWS_", "DYNAMODB_"))
+            } | {
                 "DAGSTER_DEPLOYMENT": "prod",
                 "MYSQL_HOST": MYSQL["host"],
                 "MYSQL_PORT": str(MYSQL["port"]),
@@ -549,96 +472,72 @@ def main() -> int:
                 "TOPTRACKS_RAW_DIR": str(workdir / "raw"),
                 "TOPTRACKS_SENSOR_INTERVAL_S": str(args.sensor_interval),
             }
-            for name in ("TOPTRACKS_RAW_S3_BUCKET", "MYSQL_IAM_AUTH", "DAGSTER_HOME"):
-                os.environ.pop(name, None)
+            table = (endpoint, env["TOPTRACKS_TABLE"])
 
-            if not args.only_w4:
-                record(
-                    "baseline",
-                    "baseline loop (sequential GET, put_item)",
-                    baseline_loop(database, emulator, secret, endpoint, f"baseline_{uuid.uuid4().hex[:8]}", markets),
-                )
-                record(
-                    "write_floor", "write floor (BatchWriteItem, no API)", write_floor(catalog, ids, markets, endpoint)
-                )
-                home = make_instance_home(workdir)
-                record("W1", "W1 first load: toptracks run", toptracks_run(env, emulator, home))
-                record("W2", "W2 unchanged refresh: toptracks run", toptracks_run(env, emulator, home))
-                # The same with every pair fetched again: what the daily schedule and "Materialize all" do.
-                record(
-                    "W2_full",
-                    "W2 unchanged, --mode full: toptracks run",
-                    toptracks_run(env, emulator, home, "--mode", "full"),
-                )
-                if not args.no_cold:
-                    # The same first load on a DynamoDB Local whose JVM has served nothing: it compiles its write
-                    # and read paths while serving them.
-                    with dynamodb_local() as cold_endpoint:
-                        cold = workdir / "cold"
-                        cold.mkdir()
-                        cold_env = {
-                            **env,
-                            "DYNAMODB_ENDPOINT_URL": cold_endpoint,
-                            "TOPTRACKS_TABLE": f"bench_{uuid.uuid4().hex[:8]}",
-                            "TOPTRACKS_RAW_DIR": str(cold / "raw"),
-                        }
-                        record(
-                            "W1_cold",
-                            "W1 on a fresh DynamoDB Local",
-                            toptracks_run(cold_env, emulator, make_instance_home(cold)),
-                        )
-                if args.w3:
-                    emulator.update(rate_limit_requests=int(args.rate * 30), rate_limit_window_s=30.0)
+            def run(key: str, label: str, home: Path, *extra: str, run_env: dict = env) -> None:
+                figures = toptracks_run(run_env, home, emulator, *extra)
+                record(key, label, figures | {"items": table_items(endpoint, run_env["TOPTRACKS_TABLE"])})
+
+            record(
+                "baseline",
+                "baseline loop (sequential GET, put_item)",
+                baseline_loop(database, emulator, secret, endpoint, markets),
+            )
+            record(
+                "write_floor",
+                "write floor (BatchWriteItem, no API)",
+                write_floor(Catalog(seed=42), ids, markets, endpoint),
+            )
+            home = make_instance_home(workdir)
+            run("W1", "W1 first load", home)
+            run("W2", "W2 unchanged, due (default)", home)
+            run("W2_full", "W2 unchanged, --mode full", home, "--mode", "full")
+            if not args.no_cold:
+                # The same first load on a DynamoDB Local whose JVM has served nothing yet.
+                with dynamodb_local() as cold_endpoint:
+                    cold_env = env | {
+                        "DYNAMODB_ENDPOINT_URL": cold_endpoint,
+                        "TOPTRACKS_TABLE": f"bench_{uuid.uuid4().hex[:8]}",
+                        "TOPTRACKS_RAW_DIR": str(workdir / "cold" / "raw"),
+                    }
+                    figures = toptracks_run(cold_env, make_instance_home(workdir / "cold"), emulator)
+                    figures["items"] = table_items(cold_endpoint, cold_env["TOPTRACKS_TABLE"])
+                    record("W1_cold", "W1 on a fresh DynamoDB Local", figures)
+            if not args.no_sensor:
+                daemon = Daemon(env, home, workdir / "daemon.log")
+                try:
+                    switched_on = time.time()
+                    daemon.start_sensor()
+                    tick = daemon.next_tick(switched_on, launching=False)
                     record(
-                        "W3",
-                        f"W3 unchanged, limit {args.rate:g}/s: toptracks run",
-                        toptracks_run(
-                            {**env, "SPOTIFY_REQUESTS_PER_SECOND": str(args.rate)}, emulator, home, "--mode", "full"
-                        ),
+                        "sensor_first_tick",
+                        "sensor on, first tick (no change)",
+                        {
+                            "tick": tick.status.value,
+                            "runs_launched": len(tick.run_ids),
+                            "wall_s": tick.timestamp - switched_on,
+                        },
                     )
-                    emulator.update(rate_limit_requests=None)
-                if not args.no_sensor:
-                    daemon = Daemon(env, home, workdir / "daemon.log")
-                    seen: set[str] = set()
-                    try:
-                        # The sensor's first tick has no cursor yet: it launches one `changed` run, which finds
-                        # nothing new. Measured too, and waited for, so that it is not mistaken for the +k run.
-                        record(
-                            "sensor_first_tick",
-                            "sensor on, first tick (no change)",
-                            sensor_change(daemon, emulator, lambda: daemon.start_sensor(SENSOR), seen, args.timeout),
-                        )
-                        record(
-                            "sensor_add",
-                            f"sensor +{args.k} artists (dagster-daemon)",
-                            sensor_change(
-                                daemon,
-                                emulator,
-                                change_artists(database, "INSERT INTO artists (id) VALUES (%s)", added),
-                                seen,
-                                args.timeout,
-                            ),
-                        )
-                        record(
-                            "sensor_remove",
-                            f"sensor -{args.k} artists (dagster-daemon)",
-                            sensor_change(
-                                daemon,
-                                emulator,
-                                change_artists(database, "DELETE FROM artists WHERE id = %s", added),
-                                seen,
-                                args.timeout,
-                            ),
-                        )
-                    finally:
-                        daemon.stop()
-            emulator.update(latency_ms=0.0)  # W4 measures memory, not the API
+                    add = change_artists("INSERT INTO artists (id) VALUES (%s)")
+                    record("sensor_add", f"sensor +{args.k} artists", sensor_change(daemon, emulator, add, table))
+                    remove = change_artists("DELETE FROM artists WHERE id = %s")
+                    record("sensor_remove", f"sensor -{args.k} artists", sensor_change(daemon, emulator, remove, table))
+                finally:
+                    daemon.stop()
+            emulator.admin("settings", latency_ms=0.0)  # W4 measures memory, not the API
             for count in [int(c) for c in args.w4.split(",") if c.strip()]:
-                record(
-                    f"W4_{count}",
-                    f"W4 {count} artists x {markets[0]}: toptracks run",
-                    w4(count, env, emulator, database_for, workdir, markets[0]),
-                )
+                w4_env = env | {
+                    "MYSQL_DATABASE": database_for(demo_artist_ids(count, seed=4)),
+                    "TOPTRACKS_TABLE": f"w4_{uuid.uuid4().hex[:8]}",
+                    "TOPTRACKS_COUNTRIES": markets[0],
+                    "TOPTRACKS_RAW_DIR": str(workdir / f"w4_{count}" / "raw"),
+                }
+                figures = toptracks_run(w4_env, make_instance_home(workdir / f"w4_{count}"), emulator, wrapper=True)
+                record(f"W4_{count}", f"W4 {count} artists x {markets[0]}", figures)
+        if not args.no_readme:
+            first, second = readme_runs(workdir)
+            record("readme_first", "README `toptracks run`, fresh clone", first)
+            record("readme_second", "README `toptracks run`, again", second)
     finally:
         with pymysql.connect(autocommit=True, **MYSQL) as connection, connection.cursor() as cursor:
             for name in databases:
@@ -647,80 +546,47 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    busiest = max(machine["loadavg_start"][0], machine["loadavg_end"][0])
-    machine["busy"] = busiest > 0.5 * (machine["cores"] or 1)
     results["machine"] = machine
-    print_report(results, markets, args)
+    print_report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
-def print_report(results: dict, markets: list[str], args) -> None:
+def print_report(results: dict) -> None:
+    columns = [
+        ("wall s", "wall_s", ".2f"),
+        ("run s", "in_run_s", ".2f"),
+        ("Spotify", "requests", ""),
+        ("writes", "write_requests", ""),
+        ("reads", "read_requests", ""),
+        ("read back", "artists_read_back", ""),
+        ("written", "items_written", ""),
+        ("deleted", "items_deleted", ""),
+        ("items", "items", ""),
+        ("RSS MB", "peak_rss_mb", ".0f"),
+    ]
+    print(f"\n{'workload':<40}" + "".join(f"{title:>10}" for title, _, _ in columns))
+    for key, row in results.items():
+        if key != "machine":
+            cells = ("" if row.get(name) is None else format(row[name], fmt) for _, name, fmt in columns)
+            print(f"{row['label']:<40}" + "".join(f"{cell:>10}" for cell in cells))
     print(
-        f"\n{'workload':<46}{'wall s':>8}{'run s':>8}{'Spotify':>8}{'writes':>8}{'reads':>7}{'chk rd':>7}"
-        f"{'items':>8}{'RSS MB':>8}"
+        "wall s: the child process (sensor: from the change to the run's success); Spotify: top-tracks requests "
+        "served; writes / reads: the load's DynamoDB requests (reads include the read-back); items: in the table after"
     )
-    print("-" * 108)
-
-    def cell(r: dict, key: str, width: int, fmt: str = "") -> str:
-        value = r.get(key)
-        return f"{'':>{width}}" if value is None else f"{value:>{width}{fmt}}"
-
-    for key, r in results.items():
-        if key == "machine":
-            continue
-        print(
-            f"{r['label']:<46}{cell(r, 'wall_s', 8, '.2f')}{cell(r, 'in_run_s', 8, '.2f')}{cell(r, 'requests', 8)}"
-            f"{cell(r, 'write_requests', 8)}{cell(r, 'read_requests_load', 7)}{cell(r, 'read_requests_checks', 7)}"
-            f"{cell(r, 'items', 8)}{cell(r, 'peak_rss_mb', 8, '.0f')}"
-        )
-    print(
-        "wall s: child process (or, for the sensor, from the change to the run's success); run s: the run itself; "
-        "Spotify: top-tracks requests the emulator served; writes / reads: the load's DynamoDB requests; chk rd: "
-        "the checks' read-back Queries"
-    )
-    machine = results["machine"]
-    print(
-        f"\nmachine: {machine['cores']} cores, load average {machine['loadavg_start']} at start, "
-        f"{machine['loadavg_end']} at end" + (": BUSY with other work, ratios are noisy" if machine["busy"] else "")
-    )
-    sample = int(os.environ.get("TOPTRACKS_CHECK_SAMPLE_SIZE", "20"))
-    print("\nagainst the targets")
-    base = results.get("baseline")
+    print(f"machine: {results['machine']}")
+    base = results["baseline"]
     for key, target in (("W1", 6), ("W1_cold", 6), ("W2", 20), ("W2_full", 20)):
-        r = results.get(key)
-        if base and r:
-            ratio = base["wall_s"] / r["wall_s"]
-            extra = f", {r['write_requests']} write requests (target 0)" if key.startswith("W2") else ""
-            print(f"  {key:<7} baseline / toptracks run    {ratio:7.2f}x  (target >= {target}){extra}")
-    w2 = results.get("W2")
-    if w2:
-        bound = sample * len(markets)
-        print(
-            f"  W2 check reads                      {w2['read_requests_checks']:>7}   (target <= sample x markets = "
-            f"{bound}); load reads {w2['read_requests_load']}"
-        )
-    for key, expected in (("sensor_add", args.k * len(markets)), ("sensor_remove", 0)):
-        r = results.get(key)
-        if r:
+        if key in results:
             print(
-                f"  {r['label']:<36}{r['requests']:>7} requests (target {expected}), {r['wall_s']:.1f} s from the "
-                f"change to success (launched after {r['launch_s']:.1f} s, run {r['in_run_s']:.1f} s)"
+                f"  {key:<8} baseline / toptracks run {base['wall_s'] / results[key]['wall_s']:7.2f}x "
+                f"(target >= {target})"
             )
-    w3 = results.get("W3")
-    if w3 and w3.get("api_phase_s"):
-        print(
-            f"  W3 API phase / (requests / R)       {w3['api_phase_s'] / (w3['requests'] / args.rate):7.2f}   "
-            f"(target <= 1.1), 429s {w3['429s']}"
-        )
     w4s = [r for k, r in results.items() if k.startswith("W4_")]
     if len(w4s) >= 2:
         growth = w4s[-1]["peak_rss_mb"] / w4s[0]["peak_rss_mb"] - 1
-        print(
-            f"  W4 peak RSS growth                  {100 * growth:6.1f} %  (target <= 25 %; largest "
-            f"{w4s[-1]['peak_rss_mb']:.0f} MB, target <= 300)"
-        )
+        print(f"  W4 peak RSS growth {100 * growth:.1f} % (target <= 25 %), largest {w4s[-1]['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -54,16 +54,10 @@ def dynamodb_local(start_timeout_s: float = 60) -> Iterator[str]:
     """Yields the endpoint of a fresh in-memory DynamoDB Local; stops it afterwards."""
     jar = find_jar()
     port = free_port()
+    from toptracks_dagster.dev.stack import dynamodb_local_command
+
     process = subprocess.Popen(
-        [
-            "java",
-            f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
-            "-jar",
-            str(jar),
-            "-inMemory",
-            "-port",
-            str(port),
-        ],
+        dynamodb_local_command(port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )

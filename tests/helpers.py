@@ -109,5 +109,7 @@ def partition_metadata(result, asset_key: str) -> dict[str, dict]:
 
 
 def check_results(result) -> dict[tuple[str, str | None], object]:
-    """(check name, partition) -> AssetCheckEvaluation of the run."""
-    return {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+    """('<asset>:<check name>', partition) -> AssetCheckEvaluation of the run."""
+    return {
+        (f"{e.asset_key.to_user_string()}:{e.check_name}", e.partition): e for e in result.get_asset_check_evaluations()
+    }

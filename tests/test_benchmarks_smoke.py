@@ -1,4 +1,4 @@
-"""The benchmark code cannot rot: its smoke size runs in the suite (no timing assertions).
+"""The benchmark cannot rot: its smoke size runs in the suite, and what it counts must hold (no timing asserts).
 
 It drives the same paths as the full benchmark: `toptracks run` in child processes on a real instance directory,
 and a real `dagster-daemon` with `artists_changed_sensor` switched on.
@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+ARTISTS, MARKETS, K = 12, 2, 2  # --smoke sizes
 
 
-def test_benchmark_smoke_runs_every_workload_and_reports_ratios(tmp_path, mysql_server, dynamodb_local_endpoint):
+def test_benchmark_smoke_counts_what_each_workload_costs(tmp_path, mysql_server, dynamodb_local_endpoint):
     out = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(out)],
@@ -25,27 +26,41 @@ def test_benchmark_smoke_runs_every_workload_and_reports_ratios(tmp_path, mysql_
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads(out.read_text())
-    baseline, floor, w1, w2 = (results["baseline"], results["write_floor"], results["W1"], results["W2"])
-    w2_full = results["W2_full"]
-    markets = 2
+    baseline, floor, w1, w1_cold = results["baseline"], results["write_floor"], results["W1"], results["W1_cold"]
+    w2, w2_full = results["W2"], results["W2_full"]
+
     # Same work on both sides: every (artist, market) asked once, every track written once.
-    assert baseline["requests"] == w1["requests"] == w2_full["requests"] == 12 * markets
-    # The default mode (`due`) fetches nothing right after a full load; `--mode full` fetches every pair again.
-    assert w2["requests"] == 0
-    assert w2_full["write_requests"] == 0 and w2_full["read_requests_load"] == 0
-    assert baseline["write_requests"] == w1["items_written"] == w1["items"] == floor["items"]
-    # W1 again on a fresh DynamoDB Local: the same first load, from nothing.
-    w1_cold = results["W1_cold"]
-    assert w1_cold["requests"] == w1["requests"] and w1_cold["items_written"] == w1_cold["items"] == w1["items"]
-    assert w1_cold["read_requests_load"] == 0
-    # The unchanged refresh writes nothing and reads nothing in the load; its checks read at most the sample.
-    assert w2["write_requests"] == 0 and w2["items_written"] == 0 and w2["read_requests_load"] == 0
+    pairs = ARTISTS * MARKETS
+    assert baseline["requests"] == w1["requests"] == w2_full["requests"] == w1_cold["requests"] == pairs
+    assert w1["spotify_tags"]["spotify_requests"] == str(pairs)  # the run's own count agrees with the emulator's
+    assert baseline["items_written"] == floor["items_written"] == floor["items"] > 0
+
+    # First load: every item written, one transaction per artist with tracks, no read before writing (the market
+    # was empty), and the read-back confirms at most the sample of written artists (one Query each).
+    for first in (w1, w1_cold):
+        assert first["items_written"] == first["items"] == floor["items"]
+        assert first["write_requests"] == floor["artists_with_tracks"]
+        assert first["read_requests"] == first["artists_read_back"] == min(20, ARTISTS) * MARKETS
+        assert first["materializations"]["top_tracks"] == MARKETS and first["exact_failed"] == 0
+
+    # Due refresh right after a full load: no request, no DynamoDB read or write, nothing materialized.
+    assert w2["requests"] == 0 and w2["read_requests"] == 0 and w2["write_requests"] == 0
+    assert w2["materializations"].get("raw_top_tracks", 0) == 0 and w2["materializations"].get("top_tracks", 0) == 0
     assert w2["items"] == w1["items"]
-    assert 0 < w2["read_requests_checks"] <= 20 * markets
-    # The sensor path: its first tick changes nothing; +k costs k x markets requests, -k none.
-    assert results["sensor_first_tick"]["requests"] == 0 and results["sensor_first_tick"]["write_requests"] == 0
-    added, removed = results["sensor_add"], results["sensor_remove"]
-    assert added["requests"] == 2 * markets and added["items_written"] > 0 and added["items_deleted"] == 0
-    assert removed["requests"] == 0 and removed["items_deleted"] == added["items_written"]
-    assert removed["items"] == w1["items"]
-    assert "W1      baseline / toptracks run" in completed.stdout
+
+    # Full refresh with unchanged lists: every artist read once per market, nothing written, only observed.
+    assert w2_full["artists_read"] == w2_full["read_requests"] == pairs
+    assert all(m["artists_read"] == ARTISTS and m["reconciled"] == "every artist" for m in w2_full["markets"].values())
+    assert w2_full["write_requests"] == w2_full["items_written"] == w2_full["items_deleted"] == 0
+    assert w2_full["items_unchanged"] == w1["items_written"] and w2_full["materializations"].get("top_tracks", 0) == 0
+    assert w2_full["items"] == w1["items"]
+
+    # The sensor: its first tick launches nothing; +k costs k x markets requests, -k none and deletes what +k wrote.
+    first_tick, added, removed = results["sensor_first_tick"], results["sensor_add"], results["sensor_remove"]
+    assert first_tick["tick"] == "SKIPPED" and first_tick["runs_launched"] == 0
+    assert added["runs_launched"] == 1 and added["requests"] == K * MARKETS
+    assert added["items_written"] > 0 and added["items_deleted"] == 0
+    assert added["items"] == w1["items"] + added["items_written"]
+    assert removed["requests"] == 0 and removed["items_written"] == 0
+    assert removed["items_deleted"] == added["items_written"] and removed["items"] == w1["items"]
+    assert "W1       baseline / toptracks run" in completed.stdout

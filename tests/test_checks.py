@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetCheckSeverity, AssetKey, instance_for_test, materialize
+from dagster import AssetCheckSeverity, instance_for_test, materialize
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
@@ -16,9 +16,9 @@ from tests.helpers import (
     run_partition,
     scan_table,
 )
-from toptracks_dagster.artists_db.checks import ARTIST_IDS_CHECK_SPECS
+from toptracks_dagster.artists_db.assets import ARTIST_IDS_CHECK_SPECS
 from toptracks_dagster.deployments import build_resources
-from toptracks_dagster.dynamodb.checks import TABLE_CHECK_SPECS
+from toptracks_dagster.dynamodb.assets import CHECK_SPECS as TABLE_CHECK_SPECS
 from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_raw_checks
 from toptracks_dagster.spotify.client import TopTracksOutcome
 from toptracks_dagster.spotify.raw import PartitionMerge
@@ -36,7 +36,11 @@ def test_every_check_passes_once_per_market_in_one_run_and_is_recorded(prod_env,
         result = run_all_markets(instance)
         assert result.success
         found = check_results(result)
-        expected = {(s.name, m) for s in ALL_SPECS for m in (("US", "CA") if s.partitions_def else (None,))}
+        expected = {
+            (f"{s.asset_key.to_user_string()}:{s.name}", m)
+            for s in ALL_SPECS
+            for m in (("US", "CA") if s.partitions_def else (None,))
+        }
         assert set(found) == expected
         assert all(e.passed for e in found.values()), {k: e.description for k, e in found.items() if not e.passed}
         for spec in RAW_CHECK_SPECS + TABLE_CHECK_SPECS:
@@ -60,10 +64,10 @@ def test_no_valid_id_blocks_fetch_and_load_and_keeps_the_published_list(prod_env
         result = run_partition("US", instance, raise_on_error=False)
         assert not result.success
         assert materialized(result) == {"artist_ids"}
-        failed = check_results(result)[("artist_ids_not_empty", "US")]
+        failed = check_results(result)[("artist_ids:has_valid_ids", "US")]
         assert not failed.passed and failed.blocking and failed.severity == AssetCheckSeverity.ERROR
         # The published list is still the good one: the table stays whole even when top_tracks runs alone.
-        alone = materialize([ALL_ASSETS[2]], partition_key="US", resources=build_resources("prod"), instance=instance)
+        alone = materialize([ALL_ASSETS[-1]], partition_key="US", resources=build_resources("prod"), instance=instance)
         assert alone.success
     assert scan_table(ddb, prod_env["TOPTRACKS_TABLE"]) == before
 
@@ -100,13 +104,13 @@ def test_merge_profile_flags_long_lists_duplicates_bad_fields_and_404_share():
     for outcome in outcomes:
         merge.push(outcome)
     results = {o.name: o for o in evaluate_raw_checks(merge.finish(), {}, None, max_404_share=0.1)}
-    assert results["raw_top_tracks_complete"].passed and results["raw_top_tracks_not_empty"].passed
-    assert not results["raw_top_tracks_at_most_10"].passed
-    assert not results["raw_top_tracks_no_duplicate_tracks"].passed
-    assert not results["raw_top_tracks_fields_valid"].passed
-    assert results["raw_top_tracks_fields_valid"].metadata["invalid_tracks"] == 1
-    assert not results["raw_top_tracks_404_share"].passed
-    assert results["raw_top_tracks_404_share"].severity == AssetCheckSeverity.WARN
+    assert results["complete"].passed and results["not_empty"].passed
+    assert not results["at_most_10"].passed
+    assert not results["no_duplicates"].passed
+    assert not results["fields_valid"].passed
+    assert results["fields_valid"].metadata["invalid_tracks"] == 1
+    assert not results["share_404"].passed
+    assert results["share_404"].severity == AssetCheckSeverity.WARN
 
 
 def test_all_404_is_not_published_and_the_table_keeps_its_data(prod_env, artists_table, emulator, ddb, some_artist_ids):
@@ -118,93 +122,42 @@ def test_all_404_is_not_published_and_the_table_keeps_its_data(prod_env, artists
             emulator.catalog.set_missing(artist_id)
         result = run_partition("US", instance, raise_on_error=False)
         assert not result.success and "top_tracks" not in materialized(result)
-        assert not check_results(result)[("raw_top_tracks_not_empty", "US")].passed
+        assert not check_results(result)[("raw_top_tracks:not_empty", "US")].passed
         # Re-running the load alone loads the last good (published) partition: nothing is deleted.
-        alone = materialize([ALL_ASSETS[2]], partition_key="US", resources=build_resources("prod"), instance=instance)
+        alone = materialize([ALL_ASSETS[-1]], partition_key="US", resources=build_resources("prod"), instance=instance)
         assert alone.success
     assert scan_table(ddb, prod_env["TOPTRACKS_TABLE"]) == before
 
 
-def test_edited_items_fail_the_table_checks_and_the_audit(prod_env, artists_table, ddb, some_artist_ids, monkeypatch):
-    monkeypatch.setenv("TOPTRACKS_CHECK_SAMPLE_SIZE", "100")  # the sample covers every artist
+def test_a_failed_error_check_fails_the_run(prod_env, artists_table, ddb, some_artist_ids, emulator):
+    """Items that still differ from the raw data when the load reads them back fail the ERROR check `exact`, and
+    with it the run."""
+    from toptracks_dagster.dynamodb import load
+
     artists_table.set_ids(some_artist_ids[:8])
-    table = prod_env["TOPTRACKS_TABLE"]
     with instance_for_test() as instance:
-        run_partition("US", instance)
-        items = scan_table(ddb, table)
-        (artist, key), item = next(iter(items.items()))
-        ddb.update_item(
-            TableName=table,
-            Key={"artist_id": {"S": artist}, "country_track_id": {"S": key}},
-            UpdateExpression="SET #n = :n, popularity = :p",
-            ExpressionAttributeNames={"#n": "name"},
-            ExpressionAttributeValues={":n": {"S": "edited"}, ":p": {"N": "1"}},
-        )
-        ddb.put_item(
-            TableName=table,
-            Item={
-                "artist_id": {"S": artist},
-                "country_track_id": {"S": "US#" + "Z" * 22},
-                "country": {"S": "US"},
-                "popularity": {"N": "3"},
-            },
-        )
-        result = run_partition("US", instance, raise_on_error=False)
-        found = check_results(result)
-        assert not found[("top_tracks_match_raw", "US")].passed
-        assert found[("top_tracks_match_raw", "US")].metadata["extra_items"].value == 1
-        assert found[("top_tracks_match_raw", "US")].metadata["changed_items"].value == 1
-        assert not found[("top_tracks_round_trip", "US")].passed
-        audit = _audit_job().execute_in_process(
-            instance=instance, run_config=_audit_config(["US"]), raise_on_error=False
-        )
-        assert not audit.success
-        assert "US" in _failure(audit) and "1 stale tracks" in _failure(audit)
-        findings = _audit_observations(instance, audit)
-        assert not findings["US"]["audit_passed"].value
-        assert findings["US"]["stale_track_items"].value == 1
+        assert run_partition("US", instance).success
+        for artist_id in some_artist_ids[:8]:
+            emulator.catalog.set_revision(artist_id, 2)
+        real = load.artist_items
+        reads = {"n": 0}
 
+        def another_writer_between(client, table, market, artist_id):  # every read back sees a foreign edit
+            found, pages = real(client, table, market, artist_id)
+            reads["n"] += 1
+            if reads["n"] > 8:
+                found = {key: {**item, "name": "changed by someone else"} for key, item in found.items()}
+            return found, pages
 
-def _audit_job():
-    from dagster import Definitions
-
-    from toptracks_dagster.dynamodb.audit import top_tracks_audit_job
-
-    return Definitions(jobs=[top_tracks_audit_job], resources=build_resources("prod")).resolve_job_def(
-        "top_tracks_audit_job"
-    )
-
-
-def _audit_config(markets: list[str]) -> dict:
-    return {"ops": {"audit_top_tracks": {"config": {"markets": markets}}}}
-
-
-def _audit_observations(instance, result) -> dict[str, dict]:
-    """The run's observations of `top_tracks`, by market, as the instance recorded them (a failed step's too)."""
-    records = instance.fetch_observations(AssetKey("top_tracks"), limit=100).records
-    return {r.partition_key: r.asset_observation.metadata for r in records if r.run_id == result.run_id}
-
-
-def _failure(result) -> str:
-    return "\n".join(
-        str(event.event_specific_data.error) for event in result.all_events if event.event_type_value == "STEP_FAILURE"
-    )
-
-
-def test_the_audit_job_reconciles_every_market(prod_env, artists_table, some_artist_ids):
-    artists_table.set_ids(some_artist_ids[:6])
-    with instance_for_test() as instance:
-        run_all_markets(instance)
-        result = _audit_job().execute_in_process(instance=instance)
-        found = _audit_observations(instance, result)
-        assert set(found) == {"US", "CA"}
-        assert all(metadata["audit_passed"].value for metadata in found.values())
-        assert found["US"]["artists"].value == 6
-        assert not result.get_asset_materialization_events()
-        unknown = _audit_job().execute_in_process(
-            instance=instance, run_config=_audit_config(["XX"]), raise_on_error=False
-        )
-        assert not unknown.success and "not among the partitions: XX" in _failure(unknown)
+        load.artist_items = another_writer_between
+        try:
+            result = run_partition("US", instance, raise_on_error=False)
+        finally:
+            load.artist_items = real
+    exact = check_results(result)[("top_tracks:exact", "US")]
+    assert not exact.passed and exact.severity == AssetCheckSeverity.ERROR
+    assert exact.metadata["mismatched_items"].value > 0
+    assert not result.success
 
 
 def test_a_partition_altered_before_read_back_is_not_published(
@@ -233,7 +186,7 @@ def test_a_partition_altered_before_read_back_is_not_published(
 
         monkeypatch.setattr(PendingObject, "sha256", truncated_then_read)
         result = run_partition("US", instance, raise_on_error=False)
-    complete = check_results(result)[("raw_top_tracks_complete", "US")]
+    complete = check_results(result)[("raw_top_tracks:complete", "US")]
     assert not complete.passed and "not what was written" in complete.description
     assert not result.success and "top_tracks" not in materialized(result)
     assert path.read_bytes() == published

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,15 +35,38 @@ def test_dagster_definitions_validate_passes_with_workspace_yaml():
     assert "All code locations passed validation" in completed.stdout + completed.stderr
 
 
-def test_refresh_job_runs_the_in_step_checks_and_leaves_the_audit_to_its_own_job():
+def test_the_refresh_job_runs_every_check_inside_its_steps_and_names_are_short():
     from toptracks_dagster.definitions import defs
 
-    refresh = {key.name for key in defs.resolve_job_def("top_tracks_job").asset_layer.asset_graph.asset_check_keys}
-    assert "top_tracks_match_raw" in refresh and "raw_top_tracks_complete" in refresh
-    assert "top_tracks_audit" not in refresh
-    # No asset carries the audit as a check, so a UI "Materialize all" never runs it; it is an op job.
-    assert all(key.name != "top_tracks_audit" for key in defs.resolve_asset_graph().asset_check_keys)
-    assert [node.name for node in defs.resolve_job_def("top_tracks_audit_job").nodes] == ["audit_top_tracks"]
+    checks = {
+        (k.asset_key.to_user_string(), k.name)
+        for k in defs.resolve_job_def("top_tracks_job").asset_layer.asset_graph.asset_check_keys
+    }
+    assert ("top_tracks", "exact") in checks and ("raw_top_tracks", "complete") in checks
+    assert all(not name.startswith(asset) for asset, name in checks)  # the UI shows the asset beside the name
+    assert defs.resolve_asset_graph().get(AssetKey("artist_ids")).parent_keys == {AssetKey("artists")}
+
+
+def test_loading_the_code_location_starts_nothing_and_warns_nothing(tmp_path):
+    """`dg check defs` and `dg list defs` on a clean environment: no process, no Preview/Beta warning, and no
+    address of this machine baked into the resources."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOPTRACKS_", "DYNAMODB_", "SPOTIFY_"))}
+    env.update(TOPTRACKS_LOCAL_DIR=str(tmp_path / "local"), DAGSTER_HOME=str(tmp_path), DAGSTER_DEPLOYMENT="local")
+    dg = str(Path(sys.executable).with_name("dg"))
+    for command in ([dg, "check", "defs"], [dg, "list", "defs"]):
+        completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        output = completed.stdout + completed.stderr
+        assert completed.returncode == 0, output[-3000:]
+        assert "PreviewWarning" not in output and "BetaWarning" not in output, output[-3000:]
+    assert not (tmp_path / "local" / "stack.json").exists()  # no local stack was started
+    script = (
+        "import json; from toptracks_dagster.definitions import defs; "
+        "values = {k: r.model_dump() for k, r in defs.resources.items() if hasattr(r, 'model_dump')}; "
+        "print(json.dumps(values, default=str))"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "127.0.0.1" not in completed.stdout and "http://" not in completed.stdout.replace("https://", "")
 
 
 def test_the_one_private_dagster_import_still_exists():
@@ -57,15 +81,3 @@ def test_the_one_private_dagster_import_still_exists():
     source = (REPO / "toptracks_dagster").rglob("*.py")
     users = [p.name for p in source if "dagster._" in p.read_text()]
     assert users == ["check_results.py"], users
-
-
-def test_malloc_arenas_are_capped_on_glibc():
-    import platform
-
-    import pytest
-
-    from toptracks_dagster.common import limit_malloc_arenas
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("the arena cap is a glibc setting")
-    assert limit_malloc_arenas() is True

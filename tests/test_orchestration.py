@@ -53,8 +53,6 @@ def test_sensor_driven_runs_add_new_and_drop_removed_artists_then_go_quiet(
 
 
 def test_schedules_request_one_run_for_every_market_and_are_off_by_default():
-    from toptracks_dagster.schedules import weekly_audit
-
     context = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 27, 6, tzinfo=timezone.utc))
     request = daily_refresh(context)
     assert request.run_key == "daily-2026-11-27"
@@ -63,8 +61,7 @@ def test_schedules_request_one_run_for_every_market_and_are_off_by_default():
         "CA",
     )
     assert request.run_config["ops"]["raw_top_tracks"]["config"]["mode"] == "full"
-    assert weekly_audit(context).run_key == "audit-2026-11-27"
-    assert daily_refresh.default_status.value == "STOPPED" and weekly_audit.default_status.value == "STOPPED"
+    assert daily_refresh.default_status.value == "STOPPED"
     assert artists_changed_sensor.default_status.value == "STOPPED"
 
 

@@ -20,12 +20,12 @@ def build_resources(deployment: str | None = None) -> dict:
     return _local_resources() if deployment == config.LOCAL else _prod_resources()
 
 
-def _dynamodb(**fields) -> DynamoDBResource:
+def _dynamodb(concurrency: int = 8, **fields) -> DynamoDBResource:
     return DynamoDBResource(
         endpoint_url=config.env("DYNAMODB_ENDPOINT_URL"),
         region_name=config.region(),
         table_name=config.table_name(),
-        write_concurrency=config.dynamodb_write_concurrency(8),
+        write_concurrency=config.dynamodb_write_concurrency(concurrency),
         **fields,
     )
 
@@ -67,7 +67,8 @@ def _local_resources() -> dict:
             requests_per_second=config.spotify_requests_per_second(0.0),
             max_retry_after_s=config.spotify_max_retry_after_s(),
         ),
-        "dynamodb": _dynamodb(local_stack=not own_services),
+        # DynamoDB Local answers one connection's requests one after another: more of them in flight pays.
+        "dynamodb": _dynamodb(16, local_stack=not own_services),
         "raw_storage": _raw_storage(),
     }
 

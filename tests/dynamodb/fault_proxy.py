@@ -4,7 +4,7 @@ DynamoDB Local ignores throughput: it never throttles and never hands back Unpro
 between boto3 and DynamoDB Local and, per its `FaultPlan`:
 - hands back a share of each BatchWriteItem's write requests as UnprocessedItems (forwarding only the rest
   and merging the held-back ones into the real response);
-- answers a share of BatchWriteItem and TransactWriteItems calls with HTTP 400 ProvisionedThroughputExceededException;
+- answers a share of write calls with HTTP 400 ProvisionedThroughputExceededException;
 - drops the connection for a share of calls (any operation), half of them before forwarding (nothing
   applied) and half after (applied, but the answer is lost: tests idempotency).
 

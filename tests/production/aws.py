@@ -61,6 +61,8 @@ def dynamodb_resource_arn(handler) -> str:
     """The ARN AWS authorizes a DynamoDB request against: the table, or table/<t>/index/<i> for an index."""
     body = handler.body or {}
     tables = [body["TableName"]] if body.get("TableName") else list((body.get("RequestItems") or {}).keys())
+    for action in body.get("TransactItems") or []:
+        tables += [entry["TableName"] for entry in action.values() if entry["TableName"] not in tables]
     if len(tables) != 1:
         return "*"
     arn = f"arn:aws:dynamodb:{handler.region}:{handler.current_account}:table/{tables[0]}"
@@ -74,6 +76,17 @@ def _record_authorizations(log: list) -> None:
     original = getattr(IAMRequestBase.check_action_permitted, "original", IAMRequestBase.check_action_permitted)
 
     def check_action_permitted(request, resource: str) -> None:
+        if request._action == "dynamodb:TransactWriteItems":
+            # AWS authorizes a transaction's puts and deletes as PutItem and DeleteItem on their table; moto checks
+            # the operation's own name. Both are required here, whichever the transaction holds.
+            for action in ("dynamodb:PutItem", "dynamodb:DeleteItem"):
+                request._action = action
+                try:
+                    log.append((action, resource))
+                    original(request, resource)
+                finally:
+                    request._action = "dynamodb:TransactWriteItems"
+            return None
         log.append((request._action, resource))
         return original(request, resource)
 

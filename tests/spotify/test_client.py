@@ -95,7 +95,7 @@ def test_not_found_is_an_outcome(emulator, client_secret, some_artist_ids):
     assert outcomes[3].status == 404 and outcomes[3].tracks is None
     assert outcomes[3].error == {"status": 404, "message": "non existing id"}
     missing = sum(1 for a in some_artist_ids if emulator.catalog.top_tracks(a, "US") is None)
-    assert missing >= 2  # the forced one and the catalog's own
+    assert missing >= 1  # the forced one (and any the catalog itself does not know)
     assert sum(1 for o in outcomes if o.status == 404) == missing
 
 

@@ -7,7 +7,7 @@
   toptracks plan                       what TOPTRACKS_REQUESTS_PER_DAY keeps: rotation, requests per run, staleness
 
 With DAGSTER_DEPLOYMENT=local (the default) they use the local stack, starting it when it is not running:
-Spotify emulator, DynamoDB (moto) and a seeded SQLite artists table. It stays up
+Spotify emulator, DynamoDB Local (in memory, on 127.0.0.1) and a seeded SQLite artists table. It stays up
 between commands until `toptracks stack stop`. With `prod` they use the config contract's variables.
 """
 

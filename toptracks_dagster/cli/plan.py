@@ -17,11 +17,11 @@ def run_plan_command(args) -> int:
 
     artists = args.artists
     if artists is None:
-        from toptracks_dagster.artists_db.snapshot import SnapshotUnreadable, read_artist_ids
+        from toptracks_dagster.artists_db.assets import SnapshotUnreadable, read_snapshot
         from toptracks_dagster.deployments import build_resources
 
         try:
-            artists = len(set(read_artist_ids(build_resources()["raw_storage"])))
+            artists = len(set(read_snapshot(build_resources()["raw_storage"])["ids"]))
         except SnapshotUnreadable as error:
             raise config.ConfigError(f"{error}; or give the catalogue size with --artists N") from None
     markets = args.markets or len(config.countries())

@@ -26,7 +26,7 @@ from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import ensure_table
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
-from toptracks_dagster.spotify.assets import raw_top_tracks
+from toptracks_dagster.spotify.assets import UNPUBLISHED_TAG, raw_top_tracks
 from toptracks_dagster.spotify.raw import RawPartition, loaded_version
 
 ASSET = "top_tracks"
@@ -77,15 +77,20 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
     table = dynamodb.table_name
     with settings.permanent_errors():
         ensure_table(client, table, dynamodb.describe_endpoint(), settings.create_table(), settings.TABLE_TEMPLATE)
-        raws = {market: RawPartition.open(raw_storage, market) for market in context.partition_keys}
+        raws = {market: RawPartition.open_or_none(raw_storage, market) for market in context.partition_keys}
     mode = _raw_mode(context)
     checks, failed = {}, []
     for market, raw in raws.items():
+        if raw is None:
+            context.log.warning(f"{market}: no raw partition published yet: nothing to load")
+            continue
         artists = _artists_to_reconcile(context, raw, mode)
         if artists is not None and not artists:
             context.log.info(f"{market}: loaded already and unchanged since: nothing to read")
             continue
-        loader = MarketLoader(client, table, market, dynamodb.write_concurrency, context.log.info)
+        loader = MarketLoader(
+            client, table, market, dynamodb.write_concurrency, context.log.info, settings.check_sample_size()
+        )
         with settings.permanent_errors():
             result = loader.load(
                 raw, artists, settings.max_delete_share(), settings.mass_delete_allowed(context.run.tags)
@@ -101,6 +106,8 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
             "raw_version": raw.request.get("version", ""),
             "reconciled": "every artist" if result.full else "changed artists",
             "artists_read": result.artists_read,
+            "artists_changed": result.artists_changed,
+            "artists_removed": result.artists_removed,
             "items_written": result.items_written,
             "items_deleted": result.items_deleted,
             "items_unchanged": result.items_unchanged,
@@ -119,6 +126,7 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
                 else f"{result.mismatched.count} item(s) in {market} differ from the raw partition after the load",
                 metadata={
                     "artists_read": result.artists_read,
+                    "artists_read_back": result.artists_read_back,
                     "mismatched_items": result.mismatched.count,
                     "mismatched_sample": MetadataValue.json(result.mismatched.first),
                     "artists_superseded": result.superseded.count,
@@ -140,11 +148,12 @@ def top_tracks(context: AssetExecutionContext, dynamodb: DynamoDBResource, raw_s
         if result.mismatched.count:
             failed.append(market)
     yield from emit_check_results(context, checks)
-    if failed:
-        raise Failure(
-            description=f"top_tracks differs from the raw partition after the load in {', '.join(failed)}",
-            allow_retries=False,
-        )
+    problems = [f"top_tracks differs from the raw partition after the load in {', '.join(failed)}"] if failed else []
+    unpublished = context.instance.get_run_by_id(context.run.run_id).tags.get(UNPUBLISHED_TAG)
+    if unpublished:
+        problems.append(f"raw_top_tracks kept the previous partition of {unpublished}")
+    if problems:
+        raise Failure(description="; ".join(problems), allow_retries=False)
 
 
 def _raw_mode(context: AssetExecutionContext) -> str | None:

@@ -1,16 +1,18 @@
 """One market's load: read each artist's items, make them equal the raw partition, read back what changed.
 
 Every write is derived from (raw partition, items just read), so a load that stopped anywhere is repaired by the
-next one. Per artist the changes go in one TransactWriteItems whose every put and delete is conditional on the
-stored `fetched_at` being no newer than this list's: two loads racing on one table (even from different Dagster
-instances) never replace newer data with older. An artist whose answer was unusable, or whose items DynamoDB
-cannot store, keeps its items and is named; nothing else waits for it.
+next one. An artist's changes go in one transaction whose every put and delete is conditional on the stored
+`fetched_at` being no newer than this list's: two loads racing on one table (even from different Dagster
+instances) never replace newer data with older, and an artist is changed whole or not at all. An
+artist whose answer was unusable, or whose items DynamoDB cannot store, keeps its items and is named; nothing
+else waits for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import math
 import random
 import threading
@@ -27,6 +29,7 @@ from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG, PermanentError
 from toptracks_dagster.dynamodb.table import (
     GSI_NAME,
+    MAX_ITEM_BYTES,
     MAX_SORT_KEY_BYTES,
     PARTITION_KEY,
     PIPELINE_ATTRIBUTES,
@@ -34,6 +37,7 @@ from toptracks_dagster.dynamodb.table import (
     sort_key,
 )
 
+_CONFLICT_RETRIES = 4  # a transaction that met another load's on the same artist is tried again
 SAMPLE_SIZE = 10  # entries of each kind kept for the metadata; the counts cover all of them
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -212,6 +216,7 @@ class MarketLoad:
     items_written: int = 0
     items_deleted: int = 0
     items_unchanged: int = 0
+    artists_read_back: int = 0
     read_requests: int = 0
     write_requests: int = 0
     quarantined: Sample = field(default_factory=Sample)  # {artist_id, reason}: kept their previous items
@@ -226,8 +231,20 @@ class MarketLoad:
 class MarketLoader:
     """Reconciles chosen artists (or, `full`, every artist and every item of the market) with a raw partition."""
 
-    def __init__(self, client, table: str, market: str, concurrency: int = 8, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        client,
+        table: str,
+        market: str,
+        concurrency: int = 8,
+        log: Callable[[str], None] = print,
+        read_back: int | None = None,
+    ):
+        """`read_back`: how many written artists are read again to confirm what DynamoDB stored (None: all). A
+        successful transaction stored exactly what was sent, so a sample catches what could still differ (how
+        values are encoded) at a fraction of the reads."""
         self.client, self.table, self.market, self.log = client, table, market, log
+        self._read_back_left = read_back
         self.concurrency = max(1, concurrency)
         self.result = MarketLoad(market)
         self._lock = threading.Lock()
@@ -308,12 +325,18 @@ class MarketLoader:
             return
         fetched_at = outcome.requested_at if outcome is not None else utc_now_iso()
         try:
-            actions = [self._put(item, fetched_at) for item in puts.values()]
+            encoded = [serialize({**item, "fetched_at": fetched_at}) for item in puts.values()]
+            for item in encoded:
+                size = len(json.dumps(item, separators=(",", ":")).encode())
+                if size > MAX_ITEM_BYTES:  # the encoded form is never smaller than DynamoDB's count of the item
+                    raise NotStorable(f"track {item[SORT_KEY]['S']} is {size:,} bytes encoded, above 400 KB")
         except NotStorable as error:
             self._quarantine(artist_id, f"{error}; kept its {len(stored)} item(s)")
+            self._add(items_unchanged=len(stored))
             return
-        actions += [self._delete(artist_id, key, fetched_at) for key in deletes]
-        if not self._transact(artist_id, actions):
+        requests = [{"Item": item} for item in encoded]
+        requests += [{"Key": {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": key}}} for key in deletes]
+        if not self._write(artist_id, requests, fetched_at):
             return
         self._add(
             items_written=len(puts),
@@ -321,60 +344,51 @@ class MarketLoader:
             artists_changed=1 if outcome is not None else 0,
             artists_removed=1 if outcome is None else 0,
         )
+        with self._lock:
+            if self._read_back_left is not None:
+                if self._read_back_left <= 0:
+                    return
+                self._read_back_left -= 1
         after, pages = artist_items(self.client, self.table, self.market, artist_id)
-        self._add(read_requests=pages)
+        self._add(read_requests=pages, artists_read_back=1)
         for key in wanted.keys() | after.keys():
             if key not in wanted:
                 self._mismatch(artist_id, key, ["(extra)"])
             elif attributes := differing(wanted[key], after.get(key)):
                 self._mismatch(artist_id, key, attributes)
 
-    def _put(self, item: dict, fetched_at: str) -> dict:
-        return {
-            "Put": {
-                "TableName": self.table,
-                "Item": serialize({**item, "fetched_at": fetched_at}),
-                "ConditionExpression": "attribute_not_exists(#f) OR #f <= :f",
-                "ExpressionAttributeNames": {"#f": "fetched_at"},
-                "ExpressionAttributeValues": {":f": {"S": fetched_at}},
-            }
+    def _write(self, artist_id: str, requests: list[dict], fetched_at: str) -> bool:
+        """One artist's puts (`Item`) and deletes (`Key`) in one transaction, all or none, each conditional on the
+        stored item being no newer than this list: a load holding older data never replaces newer. False when the
+        artist was superseded or refused instead."""
+        fence = {
+            "TableName": self.table,
+            "ConditionExpression": "attribute_not_exists(#f) OR #f <= :f",
+            "ExpressionAttributeNames": {"#f": "fetched_at"},
+            "ExpressionAttributeValues": {":f": {"S": fetched_at}},
         }
-
-    def _delete(self, artist_id: str, key: str, fetched_at: str) -> dict:
-        return {
-            "Delete": {
-                "TableName": self.table,
-                "Key": {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": key}},
-                "ConditionExpression": "attribute_not_exists(#f) OR #f <= :f",
-                "ExpressionAttributeNames": {"#f": "fetched_at"},
-                "ExpressionAttributeValues": {":f": {"S": fetched_at}},
-            }
-        }
-
-    def _transact(self, artist_id: str, actions: list[dict]) -> bool:
-        """Apply one artist's changes, all or none (100 actions per transaction: a top list is at most 10 tracks).
-        False when the artist was quarantined or superseded instead."""
-        for start in range(0, len(actions), 100):
-            chunk = actions[start : start + 100]
-            for attempt in range(5):  # transaction conflicts with another load of the same artist
+        actions = [{"Put" if "Item" in r else "Delete": {**r, **fence}} for r in requests]
+        for start in range(0, len(actions), 100):  # a transaction's limit; a top list is 10 tracks at most
+            for attempt in range(_CONFLICT_RETRIES + 1):
                 try:
-                    self.client.transact_write_items(TransactItems=chunk)
+                    self.client.transact_write_items(TransactItems=actions[start : start + 100])
                     self._add(write_requests=1)
                     break
                 except ClientError as error:
-                    code = error.response.get("Error", {}).get("Code", "")
-                    reasons = [r.get("Code") for r in error.response.get("CancellationReasons", []) or []]
-                    message = error.response.get("Error", {}).get("Message", str(error))
+                    reasons = [r.get("Code") for r in error.response.get("CancellationReasons") or []]
+                    message = error.response.get("Error", {}).get("Message", "")
                     if "ConditionalCheckFailed" in reasons:
                         self._supersede(artist_id)
                         return False
-                    if code == "ValidationException" or "ValidationError" in reasons:
+                    if (
+                        "ValidationError" in reasons
+                        or error.response.get("Error", {}).get("Code") == "ValidationException"
+                    ):
                         self._quarantine(artist_id, f"DynamoDB refused its items: {message[:300]}")
                         return False
-                    if "TransactionConflict" in reasons and attempt < 4:
-                        time.sleep(random.uniform(0, 0.1 * 2**attempt))
-                        continue
-                    raise
+                    if "TransactionConflict" not in reasons or attempt == _CONFLICT_RETRIES:
+                        raise
+                    time.sleep(random.uniform(0, 0.05 * 2**attempt))  # another load writes this artist now
         return True
 
     def _supersede(self, artist_id: str) -> None:

@@ -31,6 +31,7 @@ ATTRIBUTE_TYPES = {PARTITION_KEY: "S", SORT_KEY: "S", "country": "S", "popularit
 # a GSI write billed by the projected size, so ALL would double the cost of each ~3 KB item.
 GSI_PROJECTION = {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name", "rank", "artists", "fetched_at"]}
 MAX_SORT_KEY_BYTES = 1024  # DynamoDB's limit for a sort key value
+MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit
 # Attributes the pipeline owns; a track's own fields never overwrite them.
 PIPELINE_ATTRIBUTES = (PARTITION_KEY, SORT_KEY, "country", "rank", "fetched_at", "popularity_missing")
 TRANSIENT_EXCEPTIONS = (BotocoreConnectionError, HTTPClientError)  # what botocore retries on its own

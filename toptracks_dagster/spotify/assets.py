@@ -20,12 +20,17 @@ from dagster import (
 
 from toptracks_dagster import config as settings
 from toptracks_dagster.artists_db.assets import artist_ids, read_snapshot
-from toptracks_dagster.check_results import emit_check_results, failed_blocking
+from toptracks_dagster.check_results import emit_check_results
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.partitions import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
 from toptracks_dagster.spotify.budget import RunBudget
-from toptracks_dagster.spotify.checks import RAW_CHECK_SPECS, evaluate_freshness_bound, evaluate_raw_checks
+from toptracks_dagster.spotify.checks import (
+    PUBLISH_CHECKS,
+    RAW_CHECK_SPECS,
+    evaluate_freshness_bound,
+    evaluate_raw_checks,
+)
 from toptracks_dagster.spotify.client import SpotifyBudgetExhausted, SpotifyError
 from toptracks_dagster.spotify.raw import (
     PartitionMerge,
@@ -37,6 +42,7 @@ from toptracks_dagster.spotify.raw import (
 from toptracks_dagster.spotify.refresh import RefreshConfig, RefreshPlanError, fetch_order, plan_run
 from toptracks_dagster.spotify.resources import SpotifyResource
 
+UNPUBLISHED_TAG = "toptracks/raw_not_published"  # markets of the run whose partition could not be published
 RAW_SCHEMA = TableSchema(
     columns=[
         TableColumn("record", "string", description="`request` (first line), `outcome`, or `end` (last line)."),
@@ -104,7 +110,9 @@ def raw_top_tracks(
         yield from emit_check_results(context, {})
         return
     with settings.permanent_errors():
-        budget = RunBudget.open(context, raw_storage, config.max_requests or None, len(listed), len(markets))
+        budget = RunBudget.open(
+            context, raw_storage, config.max_requests or None, len(listed), len(country_partitions.get_partition_keys())
+        )
     pairs = fetch_order([p for p in plans if p.market in rewrite])
     if budget.cap == 0 and pairs:
         context.log.warning(budget.describe_cap())
@@ -165,16 +173,18 @@ def raw_top_tracks(
         uri = raw_storage.uri(raw_partition_key(market))
         checks[market] = evaluate_raw_checks(profile, {}, verify_error, settings.check_max_404_share())
         checks[market].append(evaluate_freshness_bound(profile, {}, now, budget.bound_days))
-        blocked = failed_blocking(checks[market], RAW_CHECK_SPECS)
+        blocked = [o for o in checks[market] if o.name in PUBLISH_CHECKS and not o.passed]
         try:
             if blocked:
                 pending[market].discard()
-                context.log.error(f"{market}: not published ({', '.join(o.name for o in blocked)} failed)")
+                failed[market] = f"not published ({', '.join(o.name for o in blocked)} failed)"
             else:
                 pending[market].publish()
         except settings.PermanentError as error:
             failed[market] = str(error)
-        context.add_asset_metadata(_metadata(profile, uri, not blocked and market not in failed), partition_key=market)
+        metadata = _metadata(profile, uri, not blocked and market not in failed)
+        metadata["pairs_older_than_bound"] = profile.older_than(now, budget.bound_days)
+        context.add_asset_metadata(metadata, partition_key=market)
     for market in markets:
         if market not in checks and previous[market] is not None:
             context.add_asset_metadata(
@@ -185,11 +195,15 @@ def raw_top_tracks(
         f"{int(stats['requests'])} top-tracks requests ({int(stats['status_429'])} answered 429) in "
         f"{time.monotonic() - started:.1f} s" + (" (stopped by the request cap)" if stopped else "")
     )
+    if failed:
+        # The market keeps its previous partition; the others are loaded, and the load then fails the run.
+        for market, why in failed.items():
+            context.log.error(f"{market}: {why}; the previous partition stays current")
+        context.instance.add_run_tags(
+            context.run.run_id, {UNPUBLISHED_TAG: "; ".join(f"{m}: {w}" for m, w in failed.items())}
+        )
     yield MaterializeResult(metadata=budget.metadata(stopped))
     yield from emit_check_results(context, checks)
-    if failed:
-        # The other markets are published; their loads run when this step is retried or in the next run.
-        raise Failure(description="; ".join(f"{m}: {why}" for m, why in failed.items()), allow_retries=False)
     if fetch_error is not None:
         raise Failure(description=f"{fetch_error} (what was fetched is kept: a retry fetches only the rest)")
 
@@ -241,6 +255,7 @@ def _metadata(profile, uri: str, published: bool) -> dict:
         "artists_not_found": profile.not_found,
         "artists_quarantined": profile.quarantined.count,
         "artists_without_list": len(profile.pending_new),
+        "artists_not_fetched_cap": profile.unfetched,
         "tracks": profile.tracks,
         "mean_popularity": profile.mean_popularity,
         "top_tracks_preview": MetadataValue.md(
