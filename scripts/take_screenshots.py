@@ -66,12 +66,12 @@ def main() -> int:
     os.environ["DAGSTER_HOME"] = str(home)
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     os.environ["TOPTRACKS_RAW_DIR"] = str(home / "raw")
-    os.environ["TOPTRACKS_LOCAL_ARTISTS_DB"] = str(home / "artists.sqlite")
+    os.environ["TOPTRACKS_LOCAL_DIR"] = str(home / "local")
 
-    from toptracks_dagster.dev.local_stack import LocalStack
+    from toptracks_dagster.dev import stack
 
-    with LocalStack(artists_db_path=str(home / "artists.sqlite")) as stack:
-        os.environ.update(stack.environment())
+    os.environ.update(stack.ensure_local_stack())
+    try:
         from dagster import DagsterInstance
 
         from toptracks_dagster.definitions import defs
@@ -101,6 +101,8 @@ def main() -> int:
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
+    finally:
+        stack.stop()
     return 0
 
 

@@ -15,7 +15,9 @@ from dagster import instance_for_test, materialize
 
 from tests.helpers import (
     ALL_ASSETS,
+    expected_keys,
     partition_metadata,
+    run_all_markets,
     run_partition,
     scan_table,
 )
@@ -246,3 +248,55 @@ def test_unreachable_spotify_fails_at_once_naming_the_endpoint(prod_env, artists
     message = failure.step_failure_data.user_failure_data.description
     assert "http://127.0.0.1:9/api/token" in message and "unreachable" in message
     assert prod_env["SPOTIFY_CLIENT_SECRET"] not in message
+
+
+def test_a_step_retry_after_an_outage_fetches_only_what_the_failed_attempt_did_not(
+    prod_env, artists_table, emulator, ddb, some_artist_ids, monkeypatch
+):
+    """Spotify goes down in the middle of a full refresh: the attempt publishes what it fetched and fails; the
+    step's retry fetches only the rest."""
+    import threading
+    import time
+
+    from dagster import RetryPolicy
+
+    def back_up_before_the_retry(self, attempt_num):  # Spotify is back by the time the step is retried
+        emulator.settings.update({"error_5xx_share": 0.0})
+        return 0
+
+    monkeypatch.setattr(RetryPolicy, "calculate_delay", back_up_before_the_retry)
+    artists_table.set_ids(some_artist_ids)
+    with instance_for_test() as instance:
+        run_all_markets(instance)
+        for artist_id in some_artist_ids:
+            emulator.catalog.set_revision(artist_id, 2)
+
+        def answered(*statuses: int) -> int:
+            by_status = emulator.stats.as_dict()["by_status"]
+            return sum(by_status.get(status, 0) + by_status.get(str(status), 0) for status in statuses)
+
+        ok_before = answered(200, 404)
+        done = threading.Event()
+
+        def outage() -> None:  # down after ten answers, until the step is retried
+            while answered(200, 404) - ok_before < 10 and not done.is_set():
+                time.sleep(0.005)
+            emulator.settings.update({"error_5xx_share": 1.0})
+
+        watcher = threading.Thread(target=outage, daemon=True)
+        watcher.start()
+        try:
+            result = run_all_markets(instance, mode="full")
+        finally:
+            done.set()
+            watcher.join(10)
+    assert result.success
+    restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]
+    assert [e.step_key for e in restarts] == ["raw_top_tracks"]
+    # Nothing the failed attempt had handed over is fetched again: at most the requests it had in flight when it
+    # stopped (the client's concurrency, 8) are answered twice.
+    pairs = 2 * len(some_artist_ids)
+    assert pairs <= answered(200, 404) - ok_before <= pairs + 8
+    assert set(scan_table(ddb, prod_env["TOPTRACKS_TABLE"])) == set(
+        expected_keys(emulator.catalog, some_artist_ids, ["US", "CA"])
+    )

@@ -1,8 +1,10 @@
-"""The refresh job: every market of a run in one run (a single-run partition range)."""
+"""The shape of a run: country partitions (TOPTRACKS_COUNTRIES) and the refresh job over all of them at once."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, StaticPartitionsDefinition, define_asset_job
 
-from toptracks_dagster.partitions import country_partitions
+from toptracks_dagster.config import countries
+
+country_partitions = StaticPartitionsDefinition(countries())
 
 top_tracks_job = define_asset_job(
     "top_tracks_job",

@@ -112,8 +112,8 @@ def test_the_lock_pins_everything_and_holds_no_test_or_docs_dependency():
     for extra in ("test", "docs"):
         for text in extras[extra]:
             name = canonicalize_name(Requirement(text).name)
-            if name in {"toptracks-dagster", "cfn-lint"}:
-                continue  # the package itself; cfn-lint is also a dependency of moto[server], a runtime dependency
+            if name == "toptracks-dagster":
+                continue  # the package itself
             assert name not in locked, f"{name} (extra {extra}) is in {LOCK.name}"
     assert "toptracks-dagster" not in locked
 

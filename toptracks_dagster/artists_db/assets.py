@@ -27,7 +27,7 @@ from toptracks_dagster.artists_db.resources import ArtistsDatabase, ScreenedArti
 from toptracks_dagster.check_results import CheckOutcome, check_spec, emit_check_results, failed_blocking
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG, PermanentError, permanent_errors
-from toptracks_dagster.partitions import country_partitions
+from toptracks_dagster.jobs import country_partitions
 from toptracks_dagster.raw_storage.resources import PendingObject, RawObjectMissing, RawStorage
 
 ARTIST_IDS_KEY = "artist_ids/artist_ids.json"

@@ -12,8 +12,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Sk
 from toptracks_dagster.artists_db.assets import SnapshotUnreadable, read_snapshot
 from toptracks_dagster.artists_db.resources import ArtistsDatabase
 from toptracks_dagster.config import sensor_interval_s
-from toptracks_dagster.jobs import all_markets_tags, top_tracks_job
-from toptracks_dagster.partitions import country_partitions
+from toptracks_dagster.jobs import all_markets_tags, country_partitions, top_tracks_job
 from toptracks_dagster.raw_storage.resources import RawObjectMissing, RawStorage
 from toptracks_dagster.spotify.raw import raw_partition_key
 

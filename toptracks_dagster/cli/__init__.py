@@ -19,10 +19,15 @@ import sys
 import warnings
 
 from toptracks_dagster import config
-from toptracks_dagster.cli.plan import add_plan_command, run_plan_command
 from toptracks_dagster.cli.query import add_query_commands, run_query_command
-from toptracks_dagster.cli.run import add_run_commands, run_job, run_ui
-from toptracks_dagster.cli.stack import add_stack_command, run_stack_command, use_local_stack
+from toptracks_dagster.cli.run import (
+    add_run_commands,
+    add_stack_command,
+    run_job,
+    run_stack_command,
+    run_ui,
+    use_local_stack,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,3 +68,41 @@ def _dispatch(args) -> int:
     if args.command == "run":
         return run_job(args)
     return run_ui(args.port)
+
+
+def add_plan_command(commands) -> None:
+    plan = commands.add_parser("plan", help="the freshness bound the request budget keeps, before anything is fetched")
+    plan.add_argument("--artists", type=int, help="catalogue size (default: the last artist id snapshot)")
+    plan.add_argument("--markets", type=int, help="markets (default: the number in TOPTRACKS_COUNTRIES)")
+    plan.add_argument("--budget", type=int, help="requests per UTC day (default: TOPTRACKS_REQUESTS_PER_DAY)")
+    plan.add_argument("--target-days", type=float, help="accepted list age (default: TOPTRACKS_FRESHNESS_TARGET_DAYS)")
+
+
+def run_plan_command(args) -> int:
+    """Print what the budget keeps. Exit 0 when it keeps the target, 3 when the catalogue is past it."""
+    from toptracks_dagster.spotify.budget import RUNS_PER_DAY, RotationPlan
+
+    artists = args.artists
+    if artists is None:
+        from toptracks_dagster.artists_db.assets import SnapshotUnreadable, read_snapshot
+        from toptracks_dagster.deployments import build_resources
+
+        try:
+            artists = len(set(read_snapshot(build_resources()["raw_storage"])["ids"]))
+        except SnapshotUnreadable as error:
+            raise config.ConfigError(f"{error}; or give the catalogue size with --artists N") from None
+    markets = args.markets or len(config.countries())
+    budget = args.budget if args.budget is not None else config.requests_per_day()
+    target = args.target_days if args.target_days is not None else config.freshness_target_days()
+    if artists < 0 or markets < 1 or (budget is not None and budget < 1) or target <= 0:
+        raise config.ConfigError("--artists must be >= 0, --markets, --budget and --target-days above 0")
+    if budget is None:
+        print(
+            f"no request budget (TOPTRACKS_REQUESTS_PER_DAY unset): runs are not capped; a full refresh costs "
+            f"{artists * markets:,} requests ({artists:,} artists x {markets} markets). Keeping every list within "
+            f"{target:g} day(s) needs a budget of at least {-(-artists * markets // max(1, int(target))):,} a day."
+        )
+        return 0
+    rotation = RotationPlan(artists, markets, budget, RUNS_PER_DAY, target)
+    print("\n".join(rotation.lines()))
+    return 0 if rotation.keeps_target else 3

@@ -24,7 +24,7 @@ from toptracks_dagster.check_results import CheckOutcome, check_spec, emit_check
 from toptracks_dagster.dynamodb.load import MarketLoader, rotating_sample
 from toptracks_dagster.dynamodb.resources import DynamoDBResource
 from toptracks_dagster.dynamodb.table import ensure_table
-from toptracks_dagster.partitions import country_partitions
+from toptracks_dagster.jobs import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
 from toptracks_dagster.spotify.assets import UNPUBLISHED_TAG, raw_top_tracks
 from toptracks_dagster.spotify.raw import RawPartition, loaded_version

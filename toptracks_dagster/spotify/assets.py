@@ -22,7 +22,7 @@ from toptracks_dagster import config as settings
 from toptracks_dagster.artists_db.assets import artist_ids, read_snapshot
 from toptracks_dagster.check_results import emit_check_results
 from toptracks_dagster.common import utc_now_iso
-from toptracks_dagster.partitions import country_partitions
+from toptracks_dagster.jobs import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
 from toptracks_dagster.spotify.budget import RunBudget
 from toptracks_dagster.spotify.checks import (

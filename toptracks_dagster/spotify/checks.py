@@ -8,7 +8,7 @@ from __future__ import annotations
 from dagster import AssetCheckSeverity, MetadataValue
 
 from toptracks_dagster.check_results import CheckOutcome, check_spec
-from toptracks_dagster.partitions import country_partitions
+from toptracks_dagster.jobs import country_partitions
 from toptracks_dagster.spotify.raw import MAX_TRACKS, MarketProfile
 
 COMPLETE = "complete"

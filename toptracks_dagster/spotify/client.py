@@ -31,7 +31,6 @@ from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
 from toptracks_dagster.common import is_valid_spotify_id, utc_now_iso
 from toptracks_dagster.config import PermanentError
-from toptracks_dagster.counters import ThreadSafeCounters
 
 MAX_429_PER_REQUEST = 20  # 429s waited out for one pair before the fetch stops (each wait capped by Retry-After)
 QUARANTINE_RUN_LIMIT = 20  # this many quarantined pairs in a row mean an outage, not bad records
@@ -66,6 +65,24 @@ class _Unusable(Exception):
 
 
 _NEVER = threading.Event()  # the stop signal of calls made outside iter_pairs: never set
+
+
+class ThreadSafeCounters:
+    """Base for a @dataclass of numeric counters: `add(name=delta, ...)` atomically, read with `as_dict()`."""
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **deltas: float) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    snapshot = as_dict
 
 
 @dataclass
