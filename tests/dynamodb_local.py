@@ -52,7 +52,7 @@ def find_jar() -> Path:
 @contextmanager
 def dynamodb_local(start_timeout_s: float = 60) -> Iterator[str]:
     """Yields the endpoint of a fresh in-memory DynamoDB Local; stops it afterwards."""
-    jar = find_jar()
+    find_jar()  # a clear error when `npm ci` has not run
     port = free_port()
     from toptracks_dagster.dev.stack import dynamodb_local_command
 

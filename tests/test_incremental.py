@@ -95,6 +95,7 @@ def test_an_unchanged_due_run_reads_nothing_and_claims_no_new_data(
         assert result.success
         assert materialized(result) == {"artist_ids"}  # neither raw_top_tracks nor top_tracks: nothing changed
         assert _requests(emulator) == requests
+        assert recorder.writes == 0 and recorder.operations["Query"] == 0  # nothing read, nothing written
         assert scan_table(ddb, prod_env["TOPTRACKS_TABLE"]) == before
 
 

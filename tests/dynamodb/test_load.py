@@ -208,7 +208,7 @@ def test_killed_process_then_rerun_equals_a_clean_run(ddb, dynamodb_local_endpoi
         calls = []
         def die(**kwargs):
             calls.append(1)
-            if len(calls) == 4:
+            if len(calls) == 2:
                 os._exit(17)
         client.meta.events.register("before-call.dynamodb.TransactWriteItems", die)
         load(client, {crashed!r}, "US", outcomes(catalog, [a for a in ids if a not in changed["removed"]], "US", T1))
