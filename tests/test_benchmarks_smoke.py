@@ -35,11 +35,12 @@ def test_benchmark_smoke_counts_what_each_workload_costs(tmp_path, mysql_server,
     assert w1["spotify_tags"]["spotify_requests"] == str(pairs)  # the run's own count agrees with the emulator's
     assert baseline["items_written"] == floor["items_written"] == floor["items"] > 0
 
-    # First load: every item written, one transaction per artist with tracks, no read before writing (the market
+    # First load: every item written, artists sharing transactions of up to 100 actions (at least one transaction
+    # per market, never more than one per artist with tracks), no read before writing (the market
     # was empty), and the read-back confirms at most the sample of written artists (one Query each).
     for first in (w1, w1_cold):
         assert first["items_written"] == first["items"] == floor["items"]
-        assert first["write_requests"] == floor["artists_with_tracks"]
+        assert MARKETS <= first["write_requests"] < floor["artists_with_tracks"]
         assert first["read_requests"] == first["artists_read_back"] == min(20, ARTISTS) * MARKETS
         assert first["materializations"]["top_tracks"] == MARKETS and first["exact_failed"] == 0
 
