@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from toptracks_dagster.check_results import Sample
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.config import ALLOW_MASS_DELETE_TAG, PermanentError
 from toptracks_dagster.dynamodb.table import (
@@ -38,7 +39,6 @@ from toptracks_dagster.dynamodb.table import (
 )
 
 _CONFLICT_RETRIES = 4  # a transaction that met another load's on the same artist is tried again
-SAMPLE_SIZE = 10  # entries of each kind kept for the metadata; the counts cover all of them
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 # DynamoDB returns numbers written out in full, and boto3 reads back at most 38 digits: a number of 10^38 or
@@ -194,17 +194,6 @@ def rotating_sample(artist_ids, exclude: set[str], size: int, seed: str) -> list
 
 # ------------------------------------------------------------------------------------------ the load
 @dataclass
-class Sample:
-    count: int = 0
-    first: list = field(default_factory=list)
-
-    def add(self, entry: Any) -> None:
-        self.count += 1
-        if len(self.first) < SAMPLE_SIZE:
-            self.first.append(entry)
-
-
-@dataclass
 class _Change:
     """One artist's conditional puts and deletes, and what to do once they are applied."""
 
@@ -304,7 +293,8 @@ class MarketLoader:
 
     def _refuse_mass_deletion(self, raw, stored: int, unlisted: int, share: float) -> None:
         """A raw partition that would leave far fewer items than the table holds needs consent."""
-        expected = sum(int(o.status == 200 and isinstance(o.tracks, list) and len(o.tracks)) for o in raw.outcomes())
+        # The merge counted the partition's tracks in its end record: no second pass over the partition.
+        expected = int(raw.end.get("tracks", 0))
         if stored and stored - expected > share * stored:
             raise MassDeletionRefused(
                 f"the load of {self.market} would leave {expected} of the table's {stored} items "
