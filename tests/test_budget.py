@@ -32,7 +32,9 @@ def test_the_bound_is_stated_and_a_catalogue_past_the_budget_is_called_out(capsy
 
     assert main(["plan", "--artists", "20000", "--markets", "5", "--budget", "20000", "--target-days", "7"]) == 0
     out = capsys.readouterr().out
-    assert "every pair refreshed at least every 5 day(s)" in out and "about 833 requests per run" in out
+    assert "every pair refreshed every 5 day(s)" in out and "about 833 requests per run" in out
+    # The default policy is adaptive: its hard bound is the accepted age, never shorter than the rotation.
+    assert "hard bound D = 7 day(s)" in out and "at most 29 % of the budget goes where lists change" in out
     assert "median 2.50 d, p95 4.75 d, oldest 5.00 d" in out
     assert main(["plan", "--artists", "40000", "--markets", "5", "--budget", "20000", "--target-days", "7"]) == 3
     out = capsys.readouterr().out
@@ -136,6 +138,7 @@ def test_rolling_refresh_never_exceeds_the_daily_budget_with_retries_and_keeps_t
     monkeypatch.delenv("TOPTRACKS_REQUESTS_PER_DAY", raising=False)
     assert isinstance(_tick(prod_env, TODAY_NOON), SkipReason)  # no budget: no rolling refresh
     monkeypatch.setenv("TOPTRACKS_REQUESTS_PER_DAY", "40")
+    monkeypatch.setenv("TOPTRACKS_REFRESH_POLICY", "uniform")  # the stalest pairs first (adaptive: test_freshness)
     artists_table.set_ids(some_artist_ids)  # 30 artists x 2 markets = 60 pairs
     emulator.settings.update({"error_5xx_share": 0.2})
     with instance_for_test() as instance:

@@ -204,6 +204,29 @@ def freshness_target_days() -> float:
     return env_float("TOPTRACKS_FRESHNESS_TARGET_DAYS", 7.0, minimum=1 / 24)
 
 
+def refresh_policy() -> str:
+    """TOPTRACKS_REFRESH_POLICY: how the rolling refresh spends the budget: `adaptive` (the default: pairs whose
+    lists change often and that readers look at first) or `uniform` (the stalest pairs first)."""
+    value = (env("TOPTRACKS_REFRESH_POLICY", "adaptive") or "adaptive").strip().lower()
+    if value not in ("adaptive", "uniform"):
+        raise ConfigError(f"TOPTRACKS_REFRESH_POLICY must be adaptive or uniform, not {value!r}")
+    return value
+
+
+def max_list_age_days() -> float | None:
+    """TOPTRACKS_MAX_LIST_AGE_DAYS: the hard bound of the adaptive policy, every pair refreshed at least this often;
+    unset: TOPTRACKS_FRESHNESS_TARGET_DAYS. Never shorter than the budget's uniform rotation (spotify/budget.py)."""
+    if env("TOPTRACKS_MAX_LIST_AGE_DAYS") is None:
+        return None
+    return env_float("TOPTRACKS_MAX_LIST_AGE_DAYS", 0.0, minimum=1 / 24)
+
+
+def popularity_change() -> int:
+    """TOPTRACKS_POPULARITY_CHANGE: a refetched list counts as changed for the change-rate estimate when its ranked
+    track ids differ or a track's popularity moved by more than this many points (default 5)."""
+    return env_int("TOPTRACKS_POPULARITY_CHANGE", 5, minimum=0)
+
+
 # The run tag that consents to a mass deletion for one run (see max_delete_share).
 ALLOW_MASS_DELETE_TAG = "toptracks/allow_mass_delete"
 

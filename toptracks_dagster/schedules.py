@@ -1,5 +1,7 @@
 """Schedules (off by default; one switch each in the UI)."""
 
+from datetime import datetime
+
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from toptracks_dagster import config
@@ -28,34 +30,46 @@ def daily_refresh(context: ScheduleEvaluationContext):
     )
 
 
+def rolling_refresh_fields(raw_storage: RawStorage, now: datetime) -> tuple[dict | None, str]:
+    """The rolling refresh's raw step config at `now` (None when nothing should run) and why. The hourly schedule
+    and `toptracks run --mode rolling` share it, so a script can drive rolling days headless."""
+    budget = config.requests_per_day()
+    if budget is None:
+        return None, "TOPTRACKS_REQUESTS_PER_DAY is not set: no rolling refresh (daily_refresh does full ones)"
+    try:
+        spent = spent_on(raw_storage, now.date())
+    except config.PermanentError as error:  # an unreadable ledger or storage: said, nothing is run
+        return None, str(error)
+    allowance = run_allowance(budget, spent, now, ROLLING_INTERVAL_S)
+    if allowance <= 0:
+        return None, f"request budget spent: {describe_spent(spent, budget, now.date())}"
+    stamp = f"{now:%Y-%m-%dT%H:%M}"
+    mode = "adaptive" if config.refresh_policy() == "adaptive" else "stalest"
+    return {
+        "mode": mode,
+        "pairs": run_pairs(allowance, now, ROLLING_INTERVAL_S),
+        "max_requests": allowance,
+        "reason": f"rolling_refresh {stamp} ({mode}): {allowance} of {budget - spent} requests left today",
+    }, stamp
+
+
 @schedule(
     cron_schedule="0 * * * *",
     execution_timezone="UTC",
     job=top_tracks_job,
     default_status=DefaultScheduleStatus.STOPPED,
-    description="Hourly: one run refreshes the stalest (artist, market) pairs, sized to what is left of "
+    description="Hourly: one run refreshes the pairs TOPTRACKS_REFRESH_POLICY picks, sized to what is left of "
     "TOPTRACKS_REQUESTS_PER_DAY over the ticks left today. Skips when the budget is unset or spent.",
 )
 def rolling_refresh(context: ScheduleEvaluationContext, raw_storage: RawStorage):
-    budget = config.requests_per_day()
-    if budget is None:
-        return SkipReason("TOPTRACKS_REQUESTS_PER_DAY is not set: no rolling refresh (daily_refresh does full ones)")
-    now = context.scheduled_execution_time
     try:
-        spent = spent_on(raw_storage, now.date())
-    except config.PermanentError as error:  # an unreadable ledger or storage: said on the tick, nothing is run
+        fields, why = rolling_refresh_fields(raw_storage, context.scheduled_execution_time)
+    except config.ConfigError as error:
         return SkipReason(str(error))
-    allowance = run_allowance(budget, spent, now, ROLLING_INTERVAL_S)
-    if allowance <= 0:
-        return SkipReason(f"request budget spent: {describe_spent(spent, budget, now.date())}")
-    stamp = f"{now:%Y-%m-%dT%H:%M}"
+    if fields is None:
+        return SkipReason(why)
     return RunRequest(
-        run_key=f"rolling-{stamp}",
+        run_key=f"rolling-{why}",
         tags={**all_markets_tags(), "trigger": "rolling_refresh"},
-        run_config=_raw_config(
-            mode="stalest",
-            pairs=run_pairs(allowance, now, ROLLING_INTERVAL_S),
-            max_requests=allowance,
-            reason=f"rolling_refresh {stamp}: {allowance} of {budget - spent} requests left today",
-        ),
+        run_config=_raw_config(**fields),
     )

@@ -103,6 +103,47 @@ def run_plan_command(args) -> int:
             f"{target:g} day(s) needs a budget of at least {-(-artists * markets // max(1, int(target))):,} a day."
         )
         return 0
-    rotation = RotationPlan(artists, markets, budget, RUNS_PER_DAY, target)
-    print("\n".join(rotation.lines()))
+    rotation = RotationPlan(
+        artists, markets, budget, RUNS_PER_DAY, target, config.refresh_policy(), config.max_list_age_days()
+    )
+    print("\n".join(rotation.lines() + _expected_lines(rotation)))
     return 0 if rotation.keeps_target else 3
+
+
+def _expected_lines(rotation) -> list[str]:
+    """The attention-weighted stale share each policy keeps at this budget, from the pairs' learnt change rates
+    and popularity in the stored raw partitions (the prior for pairs without history)."""
+    from toptracks_dagster.spotify import freshness
+    states = _stored_states()
+    prior = freshness.pooled_rate(states)
+    known = len(states)
+    states += [freshness.PairState("", "", None, freshness.History()) for _ in range(max(0, rotation.pairs - known))][
+        : freshness.PLAN_SAMPLE
+    ]
+    sample = freshness.plan_sample(states, prior)
+    bound = rotation.bound_days
+    if rotation.policy != "adaptive":  # what adaptive would keep with the configured bound
+        bound = max(config.max_list_age_days() or rotation.target_days, rotation.rotation_bound_days)
+    uniform = freshness.expected_stale_share(sample, rotation.budget, rotation.pairs, bound, "uniform")
+    adaptive = freshness.expected_stale_share(sample, rotation.budget, rotation.pairs, bound, "adaptive")
+    return [
+        f"expected attention-weighted share of stale lists at this budget ({known:,} pairs with history, change-rate "
+        f"prior {prior:.3f} a day): uniform {uniform:.3f}, adaptive {adaptive:.3f} (hard bound {bound:g} d)"
+        + ("" if uniform <= 0 else f", {adaptive / uniform:.2f} x uniform")
+    ]
+
+
+def _stored_states() -> list:
+    """Every stored pair's planner state, from the raw partitions (none when storage holds none yet)."""
+    from toptracks_dagster.deployments import build_resources
+    from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete
+
+    storage = build_resources()["raw_storage"]
+    states = []
+    for market in config.countries():
+        try:
+            partition = RawPartition.open_or_none(storage, market)
+        except (RawPartitionIncomplete, config.PermanentError):
+            partition = None
+        states += partition.states if partition else []
+    return states

@@ -20,9 +20,11 @@ def add_run_commands(commands) -> None:
     run.add_argument(
         "--mode",
         default="due",
-        choices=["due", "full", "changed", "stalest", "artists"],
+        choices=["due", "full", "changed", "stalest", "adaptive", "rolling", "artists"],
         help="which artists to fetch: new ones and lists older than --max-age-hours (due, the default), all "
-        "(full), new to a market (changed), the --limit oldest lists (stalest), or --artists",
+        "(full), new to a market (changed), the --limit (per market) or --pairs oldest lists (stalest), the "
+        "--pairs that help readers most (adaptive), what the hourly rolling refresh would fetch now, within "
+        "TOPTRACKS_REQUESTS_PER_DAY (rolling), or --artists",
     )
     run.add_argument(
         "--max-age-hours",
@@ -31,6 +33,7 @@ def add_run_commands(commands) -> None:
         help="due: fetch a stored list again once it is this old (default 20: a daily run refreshes everything)",
     )
     run.add_argument("--limit", type=int, default=0, help="stalest: (artist, market) pairs per market")
+    run.add_argument("--pairs", type=int, default=0, help="stalest, adaptive: pairs over all markets of the run")
     run.add_argument("--artists", help="artists: comma list of artist ids to refresh")
     run.add_argument("--reason", help="why this refresh runs (recorded in the metadata)")
     run.add_argument(
@@ -84,10 +87,15 @@ def run_job(args) -> int:
     refresh = {
         "mode": args.mode,
         "limit": args.limit,
+        "pairs": args.pairs,
         "max_age_hours": args.max_age_hours,
         "reason": args.reason or f"toptracks run --mode {args.mode}",
         "artist_ids": [a.strip() for a in (args.artists or "").split(",") if a.strip()],
     }
+    if args.mode == "rolling":
+        refresh = _rolling_fields(args)
+        if refresh is None:
+            return 0
     run_config = {
         "loggers": {"console": {"config": {"log_level": args.log_level.upper()}}},
         "ops": {"raw_top_tracks": {"config": refresh}},
@@ -116,6 +124,24 @@ def run_job(args) -> int:
     print_summary(summary)
     print(f"\nrun {result.run_id} recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
     return 0 if summary.success else 1
+
+
+def _rolling_fields(args) -> dict | None:
+    """What the hourly rolling refresh would fetch at this moment of the system clock (None: nothing, said why)."""
+    from datetime import datetime, timezone
+
+    from toptracks_dagster.deployments import build_resources
+    from toptracks_dagster.schedules import rolling_refresh_fields
+
+    if config.requests_per_day() is None:
+        raise config.ConfigError("--mode rolling spends TOPTRACKS_REQUESTS_PER_DAY: set it (requests per UTC day)")
+    fields, why = rolling_refresh_fields(build_resources()["raw_storage"], datetime.now(timezone.utc))
+    if fields is None:
+        print(f"rolling refresh: nothing to run: {why}", flush=True)
+        return None
+    if args.reason:
+        fields["reason"] = args.reason
+    return fields
 
 
 def _execute_interruptibly(instance, execute):

@@ -24,7 +24,8 @@ from toptracks_dagster.check_results import emit_check_results
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.jobs import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
-from toptracks_dagster.spotify.budget import RunBudget
+from toptracks_dagster.spotify import freshness
+from toptracks_dagster.spotify.budget import ROLLING_INTERVAL_S, RunBudget, adaptive_bound_days
 from toptracks_dagster.spotify.checks import (
     PUBLISH_CHECKS,
     RAW_CHECK_SPECS,
@@ -87,6 +88,7 @@ def raw_top_tracks(
         except RawPartitionIncomplete as error:
             context.log.warning(f"{error}; refetching every artist of {market}")
             previous[market] = None
+    all_markets = len(country_partitions.get_partition_keys())
     try:
         plans = plan_run(
             config,
@@ -94,6 +96,9 @@ def raw_top_tracks(
             listed,
             {m: previous[m].requested_at if previous[m] else None for m in markets},
             _run_started(context),
+            states={m: previous[m].states if previous[m] else [] for m in markets},
+            bound_days=config.max_list_age_days or adaptive_bound_days(len(listed), all_markets),
+            interval_days=ROLLING_INTERVAL_S / freshness.DAY_S,
         )
     except RefreshPlanError as error:
         raise Failure(description=f"refresh config: {error}", allow_retries=False) from None
@@ -110,9 +115,7 @@ def raw_top_tracks(
         yield from emit_check_results(context, {})
         return
     with settings.permanent_errors():
-        budget = RunBudget.open(
-            context, raw_storage, config.max_requests or None, len(listed), len(country_partitions.get_partition_keys())
-        )
+        budget = RunBudget.open(context, raw_storage, config.max_requests or None, len(listed), all_markets)
     pairs = fetch_order([p for p in plans if p.market in rewrite])
     if budget.cap == 0 and pairs:
         context.log.warning(budget.describe_cap())
@@ -144,6 +147,7 @@ def raw_top_tracks(
                 },
                 planned=len(plan.fetch),
                 touched_all=not loaded[plan.market],
+                popularity_change=settings.popularity_change(),
             )
         pairs = [(a, m) for a, m in pairs if m in merges]
         stats, stopped, fetch_error = _fetch(context, spotify, pairs, merges, budget)
@@ -184,6 +188,7 @@ def raw_top_tracks(
             failed[market] = str(error)
         metadata = _metadata(profile, uri, not blocked and market not in failed)
         metadata["pairs_older_than_bound"] = profile.older_than(now, budget.bound_days)
+        metadata.update(_stale_share(merges[market], profile))
         context.add_asset_metadata(metadata, partition_key=market)
     for market in markets:
         if market not in checks and previous[market] is not None:
@@ -261,6 +266,19 @@ def _metadata(profile, uri: str, published: bool) -> dict:
         "top_tracks_preview": MetadataValue.md(
             f"| # | track | artist | popularity |\n|---|---|---|---|\n{preview}" if preview else "no tracks"
         ),
+    }
+
+
+def _stale_share(merge: PartitionMerge, profile) -> dict:
+    """The estimated share of the market's stale lists now, each pair from its own change rate; a listed artist
+    without a list counts as stale. Weighted: by where readers look (spotify/freshness.py)."""
+    prior = freshness.pooled_rate(merge.states)
+    missing = [freshness.PairState(a, merge.market, None, freshness.History()) for a in profile.pending_new]
+    share = freshness.estimated_stale_share([*merge.states, *missing], time.time(), prior)
+    return {
+        "stale_share_estimated": round(share.unweighted, 4),
+        "stale_share_weighted_estimated": round(share.weighted, 4),
+        "change_rate_prior_per_day": round(prior, 5),
     }
 
 

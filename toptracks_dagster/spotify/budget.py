@@ -113,7 +113,7 @@ class RunBudget:
         per_day, wanted = config.requests_per_day(), max_requests or None
         if per_day is None:
             return cls(storage, entry, wanted)
-        plan = RotationPlan(artists, markets, per_day, RUNS_PER_DAY, config.freshness_target_days())
+        plan = RotationPlan.configured(artists, markets, per_day)
         found = {}
 
         def add(entries: list[BudgetEntry], now: datetime) -> None:
@@ -159,6 +159,18 @@ class RunBudget:
         return found
 
 
+def adaptive_bound_days(artists: int, markets: int) -> float:
+    """The adaptive policy's hard bound for this catalogue: TOPTRACKS_MAX_LIST_AGE_DAYS, else
+    TOPTRACKS_FRESHNESS_TARGET_DAYS, never shorter than the budget's uniform rotation."""
+    per_day = config.requests_per_day()
+    if per_day is None:
+        return config.max_list_age_days() or config.freshness_target_days()
+    target = config.freshness_target_days()
+    return RotationPlan(
+        artists, markets, per_day, RUNS_PER_DAY, target, "adaptive", config.max_list_age_days()
+    ).bound_days
+
+
 def ticks_left_today(now: datetime, interval_s: int) -> int:
     """Ticks every `interval_s` seconds (aligned to midnight UTC) from `now` to the day's end, this one included."""
     midnight = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1), datetime.min.time())
@@ -182,17 +194,46 @@ class RotationPlan:
     """What a budget keeps for a catalogue: refreshing the stalest pairs first at `budget` pairs a day renews
     every pair once per pairs / budget days (a retry share r stretches that by 1 / (1 - r))."""
 
-    def __init__(self, artists: int, markets: int, budget: int, runs_per_day: int, target_days: float):
+    def __init__(
+        self,
+        artists: int,
+        markets: int,
+        budget: int,
+        runs_per_day: int,
+        target_days: float,
+        policy: str = "uniform",
+        max_age_days: float | None = None,
+    ):
         self.artists, self.markets, self.budget, self.runs_per_day, self.target_days = (
             artists, markets, budget, runs_per_day, target_days)  # fmt: skip
         self.pairs = artists * markets
         self.rotation_days = self.pairs / budget
-        self.bound_days = max(1, math.ceil(self.rotation_days - 1e-9))  # every pair refreshed this often at least
+        self.rotation_bound_days = max(1, math.ceil(self.rotation_days - 1e-9))
+        self.policy = policy
+        # Every pair is refreshed at least this often. Adaptive: TOPTRACKS_MAX_LIST_AGE_DAYS, by default the
+        # team's accepted age; the budget above one refresh per pair per bound is what adaptive can move to lists
+        # that change and that readers look at, so a bound at the rotation itself is the uniform rotation again.
+        self.bound_days: float = self.rotation_bound_days
+        if policy == "adaptive":
+            self.bound_days = max(max_age_days or target_days, self.rotation_bound_days)
         self.keeps_target = self.bound_days <= target_days
+
+    @classmethod
+    def configured(cls, artists: int, markets: int, budget: int) -> RotationPlan:
+        return cls(
+            artists,
+            markets,
+            budget,
+            RUNS_PER_DAY,
+            config.freshness_target_days(),
+            config.refresh_policy(),
+            config.max_list_age_days(),
+        )
 
     def metadata(self) -> dict:
         return {"budget_requests_per_day": self.budget, "catalogue_pairs": self.pairs,
                 "rotation_days": round(self.rotation_days, 3), "freshness_bound_days": self.bound_days,
+                "refresh_policy": self.policy,
                 "freshness_target_days": self.target_days, "budget_keeps_target": self.keeps_target}  # fmt: skip
 
     def lines(self) -> list[str]:
@@ -203,19 +244,35 @@ class RotationPlan:
             f"catalogue: {self.artists:,} artists x {self.markets} markets = {self.pairs:,} (artist, market) pairs",
             f"budget: {self.budget:,} requests per UTC day, {self.runs_per_day} rolling runs a day "
             f"= about {self.budget // self.runs_per_day:,} requests per run",
-            f"rotation: {r:.2f} days: every pair refreshed at least every {self.bound_days} day(s) (stalest first, "
-            f"new artists first); expected list age after the first rotation: median {r / 2:.2f} d, "
+            f"uniform rotation: {r:.2f} days: every pair refreshed every {self.rotation_bound_days} day(s) (stalest "
+            f"first, new artists first); list age after the first rotation: median {r / 2:.2f} d, "
             f"p95 {0.95 * r:.2f} d, oldest {r:.2f} d",
             "retries and 404s count against the budget: a retry share r stretches the rotation by 1/(1-r)",
         ]
+        if self.policy == "adaptive":
+            free = max(0.0, 1 - self.rotation_days / self.bound_days)
+            lines.append(
+                f"policy adaptive (TOPTRACKS_REFRESH_POLICY): new artists first, then lists that change often and "
+                f"that readers look at; hard bound D = {self.bound_days:g} day(s) (TOPTRACKS_MAX_LIST_AGE_DAYS): "
+                f"every pair refreshed at least every {self.bound_days:g} day(s); at most {100 * free:.0f} % of the "
+                "budget goes where lists change (a larger D frees more)"
+            )
+        else:
+            lines.append("policy uniform (TOPTRACKS_REFRESH_POLICY): the stalest pairs first")
         if self.keeps_target:
             return lines + [
                 f"OK: the bound of {self.bound_days} day(s) keeps the target of {target} "
                 f"(TOPTRACKS_FRESHNESS_TARGET_DAYS); the budget keeps up to {most:,} artists at {self.markets} markets"
             ]
         needed = math.ceil(self.pairs / max(1, math.floor(self.target_days)))
+        if self.rotation_bound_days <= self.target_days:  # the adaptive bound is past the target, not the budget
+            return lines + [
+                f"PAST THE TARGET: the hard bound of {self.bound_days:g} day(s) is above the target of {target}; set "
+                f"TOPTRACKS_MAX_LIST_AGE_DAYS={self.target_days:g} to hold the target (a tighter bound leaves less of "
+                "the budget to lists that change), or TOPTRACKS_REFRESH_POLICY=uniform"
+            ]
         return lines + [
-            f"PAST WHAT THE BUDGET CAN KEEP: the catalogue needs {self.bound_days} days per rotation, above the "
-            f"target of {target}. Keeping the target needs {needed:,} requests per day, or at most {most:,} artists "
-            "at this budget."
+            f"PAST WHAT THE BUDGET CAN KEEP: the catalogue needs {self.rotation_bound_days} days per rotation, above "
+            f"the target of {target}. Keeping the target needs {needed:,} requests per day, or at most {most:,} "
+            "artists at this budget."
         ]

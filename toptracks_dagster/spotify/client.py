@@ -98,6 +98,7 @@ class TopTracksOutcome:
     error: dict | None = None
     attempts: int = 1  # HTTP requests sent for this pair, 429 waits and the 401 refresh included
     bytes: int = 0
+    history: dict | None = None  # freshness.History of the pair, set by the merge that stores the outcome
 
     @property
     def quarantined(self) -> bool:

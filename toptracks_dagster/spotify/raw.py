@@ -27,6 +27,7 @@ from toptracks_dagster.raw_storage.resources import (
     RawStorage,
 )
 from toptracks_dagster.spotify.client import TopTracksOutcome
+from toptracks_dagster.spotify.freshness import History, PairState, epoch, max_popularity, next_history
 from toptracks_dagster.spotify.profile import MAX_TRACKS, MarketProfile, track_ids_of, tracks_of
 
 __all__ = ["MAX_TRACKS", "MarketProfile", "PartitionMerge", "RawPartition", "RawPartitionIncomplete"]
@@ -59,6 +60,19 @@ def loaded_version(instance, market: str) -> str | None:
     return entry.value if entry is not None else None
 
 
+def pair_state(record) -> PairState:
+    """The planner's view of one stored outcome (a record as read, or a TopTracksOutcome)."""
+    get = record.get if isinstance(record, dict) else lambda name, default=None: getattr(record, name, default)
+    usable = get("status") in (200, 404)
+    return PairState(
+        artist_id=str(get("artist_id")),
+        market=str(get("market")),
+        fetched_at=epoch(str(get("requested_at", ""))) if usable else None,
+        history=History.from_json(get("history")),
+        popularity=max_popularity(get("tracks")) if get("status") == 200 else None,
+    )
+
+
 def raw_partition_key(market: str) -> str:
     return f"raw_top_tracks/market={market}/top_tracks.jsonl"
 
@@ -76,13 +90,23 @@ class RawPartition:
     skipped by readers (the load keeps that artist's items) and fetched again by the next merge.
     """
 
-    def __init__(self, market: str, uri: str, opener, request: dict, end: dict, requested_at: dict[str, str]):
+    def __init__(
+        self,
+        market: str,
+        uri: str,
+        opener,
+        request: dict,
+        end: dict,
+        requested_at: dict[str, str],
+        states: list[PairState] | None = None,
+    ):
         self.market = market
         self.uri = uri
         self._open = opener
         self.request = request
         self.end = end
         self.requested_at = requested_at
+        self.states = states or []  # what the freshness planner knows of each stored pair, in artist order
 
     @classmethod
     def open(cls, storage: RawStorage, market: str) -> "RawPartition":
@@ -108,6 +132,7 @@ class RawPartition:
         request: dict | None = None
         end: dict | None = None
         requested_at: dict[str, str] = {}
+        states: list[PairState] = []
         previous_id = ""
         line_number = 0
 
@@ -142,6 +167,7 @@ class RawPartition:
                         raise refuse(f"artist {artist_id} has no integer status")
                     previous_id = artist_id
                     requested_at[artist_id] = str(record.get("requested_at", ""))
+                    states.append(pair_state(record))
                 elif kind == "end":
                     end = record
                 else:
@@ -153,7 +179,7 @@ class RawPartition:
             raise refuse("no end record (the object was cut short)")
         if end.get("outcomes") != len(requested_at):
             raise refuse(f"the end record counts {end.get('outcomes')} outcomes, the object holds {len(requested_at)}")
-        return cls(market, uri, opener, request, end, requested_at)
+        return cls(market, uri, opener, request, end, requested_at, states)
 
     def outcomes(self, only: set[str] | None = None) -> Iterator[TopTracksOutcome]:
         """The outcomes in artist order; `only`: just these artists' (the other lines are skipped unparsed)."""
@@ -217,8 +243,11 @@ class PartitionMerge:
         request: dict,
         planned: int,
         touched_all: bool = False,
+        popularity_change: int = 5,
     ):
         self._stream = _HashingStream(stream) if stream is not None else None
+        self._popularity_change = popularity_change
+        self.states: list[PairState] = []
         self.market = market
         self._request_record: dict = {}
         self._end_record: dict = {}
@@ -260,6 +289,7 @@ class PartitionMerge:
         kind = record["record"]
         if kind == "outcome":
             self._requested_at[record["artist_id"]] = str(record.get("requested_at", ""))
+            self.states.append(pair_state(record))
         elif kind == "request":
             self._request_record = record
         else:
@@ -277,6 +307,7 @@ class PartitionMerge:
         self.profile.kept += 1
         self.profile._count(previous)
         self._requested_at[previous.artist_id] = str(previous.requested_at)
+        self.states.append(pair_state(previous))
         if self._stream is not None:
             self._stream.write(line if line.endswith("\n") else line + "\n")
 
@@ -311,6 +342,7 @@ class PartitionMerge:
             self._touch(outcome.artist_id)
         self.profile.tracks_dropped += len(track_ids_of(previous) - track_ids_of(outcome))
         self.profile._count(outcome)
+        outcome.history = next_history(previous, outcome, self._popularity_change).to_json()
         self._write({"record": "outcome", **outcome.to_json()})
 
     def finish(self) -> MarketProfile:
@@ -340,5 +372,11 @@ class PartitionMerge:
                 f"(sha256 {stored[:12]}) is not what was written; nothing was published"
             )
         return RawPartition(
-            self.market, pending.uri, pending.open_for_read, self._request_record, self._end_record, self._requested_at
+            self.market,
+            pending.uri,
+            pending.open_for_read,
+            self._request_record,
+            self._end_record,
+            self._requested_at,
+            self.states,
         )

@@ -2,7 +2,9 @@
 
 full, due and changed are one rule: fetch new artists, and stored lists fetched before a cutoff (full: the run's
 start, so a step retry keeps what the failed attempt fetched; due: `max_age_hours` ago; changed: none). stalest
-takes new artists first, then the oldest lists; artists takes the given ids. Artists that left the list are
+takes new artists first, then the oldest lists (the uniform rotation); adaptive takes new artists first, then lists
+about to pass the hard bound, then those whose refresh gains readers the most fresh time (spotify/freshness.py);
+artists takes the given ids. Artists that left the list are
 dropped without a request. `max_requests` and the daily budget cap a run's requests, retries included.
 """
 
@@ -17,15 +19,17 @@ from dagster import Config
 from pydantic import Field
 
 from toptracks_dagster.common import is_valid_spotify_id, parse_iso
+from toptracks_dagster.spotify import freshness
+from toptracks_dagster.spotify.freshness import PairState
 
-RefreshMode = Literal["full", "changed", "due", "stalest", "artists"]
+RefreshMode = Literal["full", "changed", "due", "stalest", "adaptive", "artists"]
 
 
 class RefreshConfig(Config):
     """Run config of `raw_top_tracks` (the launchpad shows it; the defaults are a full refresh)."""
 
     mode: RefreshMode = Field(
-        default="full", description="full | changed | due | stalest | artists (see the asset description)"
+        default="full", description="full | changed | due | stalest | adaptive | artists (see the asset description)"
     )
     max_age_hours: float = Field(
         default=20.0,
@@ -37,9 +41,14 @@ class RefreshConfig(Config):
         default=0,
         ge=0,
         description=(
-            "stalest: (artist, market) pairs to refresh over all markets of the run together, stalest first "
-            "(new artists first); used instead of `limit` when above 0"
+            "stalest, adaptive: (artist, market) pairs to refresh over all markets of the run together (new "
+            "artists first); stalest: used instead of `limit` when above 0"
         ),
+    )
+    max_list_age_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="adaptive: the hard bound, every pair refreshed at least this often (0: the configured one)",
     )
     max_requests: int = Field(
         default=0,
@@ -150,15 +159,57 @@ def plan_stalest_pairs(
     return plans
 
 
+def plan_adaptive_pairs(
+    config: RefreshConfig,
+    markets: list[str],
+    listed: list[str],
+    stored: dict[str, dict[str, str] | None],
+    states: dict[str, list[PairState]],
+    bound_days: float,
+    interval_days: float,
+) -> list[MarketPlan]:
+    """The `config.pairs` pairs whose refresh helps readers most (freshness.choose), over all `markets`."""
+    if config.pairs <= 0:
+        raise RefreshPlanError("mode 'adaptive' needs pairs above 0")
+    known = {m: {s.artist_id: s for s in states.get(m) or []} for m in markets}
+    prior = freshness.pooled_rate(s for m in markets for s in known[m].values())
+
+    def candidates():
+        for artist_id in listed:
+            for market in markets:
+                yield known[market].get(artist_id) or PairState(artist_id, market, None, freshness.History())
+
+    now = datetime.now(timezone.utc).timestamp()
+    chosen = freshness.choose(candidates(), config.pairs, now, bound_days, interval_days, "adaptive", prior)
+    listed_set = set(listed)
+    plans = []
+    for market in markets:
+        lists = stored.get(market) or {}
+        plans.append(
+            MarketPlan(
+                market=market,
+                fetch=sorted(s.artist_id for s in chosen if s.market == market),
+                new=sum(1 for a in listed if a not in lists),
+                removed=sum(1 for a in lists if a not in listed_set),
+            )
+        )
+    return plans
+
+
 def plan_run(
     config: RefreshConfig,
     markets: list[str],
     listed: list[str],
     stored: dict[str, dict[str, str] | None],
     run_started: datetime,
+    states: dict[str, list[PairState]] | None = None,
+    bound_days: float = 7.0,
+    interval_days: float = 1 / 24,
 ) -> list[MarketPlan]:
     """One plan per market. A market without a partition is fetched in full, except by a `pairs` plan (whose
     pairs without a list come first anyway)."""
+    if config.mode == "adaptive":
+        return plan_adaptive_pairs(config, markets, listed, stored, states or {}, bound_days, interval_days)
     if config.mode == "stalest" and config.pairs > 0:
         return plan_stalest_pairs(config, markets, listed, stored)
     return [

@@ -1,0 +1,274 @@
+"""Where a request budget goes: each pair's change rate, learnt from its own refetches; where readers look; and the
+refresh order that keeps the fewest stale lists in front of readers.
+
+Model (Cho & Garcia-Molina, ACM TODS 2003 and TOIT 2003): a pair's list changes as a Poisson process of rate λ, and
+a reader meets it with weight w. A pair refreshed at age τ days gains, in attention-weighted fresh time,
+(w/λ)·(1 − (1 + λτ)·e^(−λτ)): the derivative of Cho's freshness F(λ, f) = (f/λ)(1 − e^(−λ/f)) at f = 1/τ. The
+budget is spent best when every refreshed pair is refreshed at the same marginal gain, so each run refreshes the
+pairs of highest gain first (an index policy, as in Azar et al. 2018); new artists come before all of them, and
+lists about to pass the hard bound right after them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Iterator, Literal
+
+from toptracks_dagster.common import parse_iso
+
+DAY_S = 86400.0
+Policy = Literal["adaptive", "uniform"]
+# The prior a pair starts from, worth one refetch: the market's pooled rate once the market has MIN_POOLED_DAYS of
+# pair history, else one change in PRIOR_DAYS_PER_CHANGE days.
+PRIOR_DAYS_PER_CHANGE = 20.0
+MIN_POOLED_DAYS = 30.0
+# Spotify's popularity grows with the logarithm of plays; a reader's attention is taken to grow tenfold every
+# ATTENTION_DECADE points of the artist's most popular track in the market.
+ATTENTION_DECADE = 25.0
+UNKNOWN_POPULARITY = 50  # an artist without a list yet (new, 404 or quarantined)
+PLAN_SAMPLE = 2000  # pairs `expected_stale_share` solves for (a uniform sample of the catalogue)
+
+
+@dataclass(slots=True)
+class History:
+    """What the estimator keeps per pair: refetches compared with the list before, how many showed a change to
+    readers, and the time those refetches covered."""
+
+    polls: int = 0
+    changes: int = 0
+    observed_days: float = 0.0
+
+    @classmethod
+    def from_json(cls, value) -> History:
+        if not isinstance(value, dict):
+            return cls()
+        try:
+            polls, changes = int(value.get("polls", 0)), int(value.get("changes", 0))
+            days = float(value.get("observed_days", 0.0))
+        except (TypeError, ValueError):
+            return cls()
+        if polls < 0 or not 0 <= changes <= polls or not math.isfinite(days) or days < 0:
+            return cls()
+        return cls(polls, changes, days)
+
+    def to_json(self) -> dict:
+        return {"polls": self.polls, "changes": self.changes, "observed_days": round(self.observed_days, 6)}
+
+    def after(self, days: float, changed: bool) -> History:
+        """The history once a refetch `days` after the last one saw (or did not see) a change."""
+        if days <= 0:
+            return self
+        return History(self.polls + 1, self.changes + int(changed), self.observed_days + days)
+
+    def effective_changes(self) -> float:
+        """Cho & Garcia-Molina's bias-reduced count of changes: a refetch that saw a change may hide several."""
+        n, x = self.polls, self.changes
+        return -n * math.log((n - x + 0.5) / (n + 0.5)) if n else 0.0
+
+
+def list_changed(before: list | None, after: list | None, popularity_change: int) -> bool:
+    """What a reader of the table would see: another ranked list of track ids, or a track's popularity moved by
+    more than `popularity_change` points."""
+    before, after = before or [], after or []
+    if [_id(t) for t in before] != [_id(t) for t in after]:
+        return True
+    return any(abs(_popularity(a) - _popularity(b)) > popularity_change for a, b in zip(before, after, strict=True))
+
+
+def _id(track) -> str | None:
+    return track.get("id") if isinstance(track, dict) else None
+
+
+def _popularity(track) -> int:
+    value = track.get("popularity") if isinstance(track, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def next_history(previous, outcome, popularity_change: int) -> History:
+    """The history after `outcome` (a usable answer) replaced `previous` (None or an earlier outcome)."""
+    if previous is None or previous.status not in (200, 404):
+        return History()
+    before = History.from_json(getattr(previous, "history", None))
+    try:
+        days = (parse_iso(outcome.requested_at) - parse_iso(previous.requested_at)).total_seconds() / DAY_S
+    except (TypeError, ValueError):
+        return before
+    changed = previous.status != outcome.status or list_changed(previous.tracks, outcome.tracks, popularity_change)
+    return before.after(days, changed)
+
+
+def max_popularity(tracks) -> int | None:
+    values = [_popularity(t) for t in tracks or [] if isinstance(t, dict)]
+    return max(values) if values else None
+
+
+def attention(popularity: int | None) -> float:
+    """A reader's attention to a pair, from the popularity of the artist's most popular track in the market."""
+    return 10 ** ((UNKNOWN_POPULARITY if popularity is None else popularity) / ATTENTION_DECADE)
+
+
+@dataclass(slots=True)
+class PairState:
+    """One (artist, market) pair as the planner sees it; `fetched_at` None: no list yet (a new artist)."""
+
+    artist_id: str
+    market: str
+    fetched_at: float | None  # epoch seconds
+    history: History
+    popularity: int | None = None
+
+
+def pooled_rate(states: Iterable[PairState]) -> float:
+    """Changes per day over every pair's history: the prior of pairs with little of their own."""
+    changes = days = 0.0
+    for state in states:
+        changes += state.history.effective_changes()
+        days += state.history.observed_days
+    if days < MIN_POOLED_DAYS:
+        return 1 / PRIOR_DAYS_PER_CHANGE
+    return max(changes, 1.0) / days
+
+
+def change_rate(history: History, prior: float) -> float:
+    """Changes per day: Cho & Garcia-Molina's estimator with the prior worth one refetch of a mean interval
+    (a Gamma prior of shape 1 and mean `prior`), so a pair with no history gets the prior and a long history
+    its own rate."""
+    interval = history.observed_days / history.polls if history.polls else 1.0
+    return (history.effective_changes() + prior * interval) / (history.observed_days + interval)
+
+
+def gain(weight: float, rate: float, age_days: float) -> float:
+    """Attention-weighted fresh time gained by refreshing now, at list age `age_days` (the index)."""
+    x = rate * max(age_days, 0.0)
+    if x < 1e-6:
+        return weight * rate * age_days * age_days / 2
+    return weight / rate * -math.expm1(math.log1p(x) - x)
+
+
+def stale_probability(rate: float, age_days: float) -> float:
+    return -math.expm1(-rate * max(age_days, 0.0))
+
+
+def choose(
+    states: Iterable[PairState],
+    count: int,
+    now: float,
+    max_age_days: float,
+    interval_days: float,
+    policy: Policy,
+    prior: float,
+) -> list[PairState]:
+    """The `count` pairs to refresh now: new ones first (by artist id), then those that would pass `max_age_days`
+    before the next run (oldest first), then by gain (adaptive) or by age (uniform). Keeps only `count` pairs in
+    memory, whatever the catalogue's size."""
+    if count <= 0:
+        return []
+
+    def ranked() -> Iterator[tuple]:
+        for order, state in enumerate(states):
+            if state.fetched_at is None:
+                yield 0, 0.0, order, state
+                continue
+            age = (now - state.fetched_at) / DAY_S
+            if age + interval_days >= max_age_days:
+                yield 1, -age, order, state
+            elif policy == "uniform":
+                yield 2, -age, order, state
+            else:
+                rate = change_rate(state.history, prior)
+                yield 2, -gain(attention(state.popularity), rate, age), order, state
+
+    return [entry[3] for entry in heapq.nsmallest(count, ranked(), key=lambda e: e[:3])]
+
+
+@dataclass
+class StaleShare:
+    """The estimated share of stale lists now: each pair stale with probability 1 − e^(−λ·age)."""
+
+    unweighted: float
+    weighted: float
+    pairs: int
+
+
+def estimated_stale_share(states: Iterable[PairState], now: float, prior: float) -> StaleShare:
+    total = weighted = weights = 0.0
+    pairs = 0
+    for state in states:
+        pairs += 1
+        weight = attention(state.popularity)
+        stale = (
+            1.0
+            if state.fetched_at is None
+            else stale_probability(change_rate(state.history, prior), (now - state.fetched_at) / DAY_S)
+        )
+        total += stale
+        weighted += weight * stale
+        weights += weight
+    if not pairs:
+        return StaleShare(0.0, 0.0, 0)
+    return StaleShare(total / pairs, weighted / weights if weights else 0.0, pairs)
+
+
+# ------------------------------------------------------------------------------------------ expected figures
+def _stale_at_interval(rate: float, interval_days: float) -> float:
+    """Time-averaged stale share of a pair refreshed every `interval_days`: 1 − F(λ, 1/interval)."""
+    x = rate * interval_days
+    return 1.0 - (-math.expm1(-x) / x if x > 1e-9 else 1.0)
+
+
+def _interval_at(weight: float, rate: float, level: float, max_age_days: float) -> float:
+    """The refresh interval whose marginal gain is `level`, at most `max_age_days` (bisection: gain grows with τ)."""
+    if gain(weight, rate, max_age_days) <= level:
+        return max_age_days
+    low, high = 0.0, max_age_days
+    for _ in range(50):
+        middle = (low + high) / 2
+        if gain(weight, rate, middle) < level:
+            low = middle
+        else:
+            high = middle
+    return max(high, 1e-6)
+
+
+def expected_stale_share(
+    pairs: list[tuple[float, float]], budget_per_day: float, total_pairs: int, max_age_days: float, policy: Policy
+) -> float:
+    """Attention-weighted time-averaged stale share that `policy` keeps in steady state for (weight, rate) pairs,
+    a sample of `total_pairs`, at `budget_per_day` refreshes a day. Adaptive: Cho & Garcia-Molina's optimal
+    allocation with every interval at most `max_age_days`, which the index policy approximates run by run."""
+    if not pairs:
+        return 0.0
+    weights = sum(w for w, _ in pairs)
+    per_pair_budget = budget_per_day * len(pairs) / max(total_pairs, 1)  # the sample's share of the budget
+    if policy == "uniform":
+        interval = len(pairs) / per_pair_budget
+        return sum(w * _stale_at_interval(r, interval) for w, r in pairs) / weights
+    # Bisection on the common marginal gain: a higher level means longer intervals, fewer refreshes.
+    low, high = 0.0, max(gain(w, r, max_age_days) for w, r in pairs)
+    if sum(1 / max_age_days for _ in pairs) >= per_pair_budget:
+        intervals = [max_age_days] * len(pairs)
+    else:
+        for _ in range(40):
+            level = (low + high) / 2
+            refreshes = sum(1 / _interval_at(w, r, level, max_age_days) for w, r in pairs)
+            low, high = (level, high) if refreshes > per_pair_budget else (low, level)
+        intervals = [_interval_at(w, r, high, max_age_days) for w, r in pairs]
+    return sum(w * _stale_at_interval(r, t) for (w, r), t in zip(pairs, intervals, strict=True)) / weights
+
+
+def plan_sample(states: list[PairState], prior: float, size: int = PLAN_SAMPLE) -> list[tuple[float, float]]:
+    chosen = states if len(states) <= size else random.Random(0).sample(states, size)
+    return [(attention(s.popularity), change_rate(s.history, prior)) for s in chosen]
+
+
+def epoch(moment: str | datetime | None) -> float | None:
+    if moment is None:
+        return None
+    try:
+        return (parse_iso(moment) if isinstance(moment, str) else moment).timestamp()
+    except (TypeError, ValueError):
+        return 0.0  # unreadable: as old as can be, so it is refreshed first
