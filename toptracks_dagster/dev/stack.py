@@ -88,7 +88,9 @@ def dynamodb_local_command(port: int, *jvm_options: str) -> list[str]:
     classpath = f"{jars[-1]}{os.pathsep}{lib / '*'}"
     command = ["java", f"-Djava.library.path={lib}", "-Djava.net.preferIPv4Stack=true", *jvm_options]
     command += ["-cp", classpath, str(_LAUNCHER)]
-    return command + ["-inMemory", "-port", str(port)]
+    # Without -disableTelemetry it writes dynamodb-local-metadata.json into the working directory and reports
+    # usage to AWS; neither has a place in a test or a demo.
+    return command + ["-inMemory", "-disableTelemetry", "-port", str(port)]
 
 
 _SECRET_ENV = "TOPTRACKS_STACK_SPOTIFY_SECRET"
