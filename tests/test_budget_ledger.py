@@ -131,7 +131,9 @@ def test_settling_records_what_was_sent_and_a_run_that_died_counts_in_full(tmp_p
     assert entries["first/0"]["spent"] == 12 and entries["first/0"]["ended_at"] is not None
     metadata = first.metadata(stopped=False)
     assert metadata["budget_spent_today_before"] == 20 and metadata["budget_spent_today_after"] == 62
-    assert metadata["run_request_cap"] == 50 and metadata["freshness_bound_days"] == 1  # 20 pairs, 100 a day
+    assert metadata["run_request_cap"] == 50
+    # 20 pairs at 100 a day could rotate daily; the adaptive policy may stretch a quiet pair to the 7-day target
+    assert metadata["freshness_bound_days"] == 7
     second.settle(30)
     assert RunBudget.reserve(storage, "third/0", None, 10, 2).cap == 38  # the rest of the day
     spent = RunBudget.reserve(storage, "fourth/0", None, 10, 2)

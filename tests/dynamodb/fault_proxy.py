@@ -8,8 +8,8 @@ between boto3 and DynamoDB Local and, per its `FaultPlan`:
 - drops the connection for a share of calls (any operation), half of them before forwarding (nothing
   applied) and half after (applied, but the answer is lost: tests idempotency).
 
-Which requests are hit is decided by hashing the request (or the write request's key), so runs are
-reproducible, and each distinct request / item is hit at most `max_hits` times, so a transient plan always
+Of the distinct requests (or write requests' keys) seen, exactly the plan's share is hit, the first one
+included, and each is hit at most `max_hits` times, so a transient plan always injects its faults and always
 lets a load finish. `max_hits=None` makes a fault permanent.
 
 botocore checks DynamoDB responses against their `x-amz-crc32` header, so a rewritten body gets a new one.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import socket
 import struct
 import threading
@@ -40,7 +41,6 @@ class FaultPlan:
     drop_share: float = 0.0  # share of calls (drop_operations) whose connection is dropped
     drop_operations: frozenset[str] = frozenset({"BatchWriteItem", "TransactWriteItems", "Query", "GetItem"})
     max_hits: int | None = 1  # per distinct request / item; None = forever (a permanent fault)
-    salt: str = ""
 
 
 @dataclass
@@ -53,11 +53,6 @@ class ProxyStats:
     dropped_after: int = 0
 
 
-def _fraction(*parts: object) -> float:
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 class FaultProxy:
     def __init__(self, upstream: str, plan: FaultPlan | None = None):
         target = urlsplit(upstream)
@@ -65,6 +60,8 @@ class FaultProxy:
         self.plan = plan or FaultPlan()
         self.stats = ProxyStats()
         self._hits: Counter = Counter()
+        self._seen: Counter = Counter()  # fault kind -> distinct requests / items seen
+        self._picked: dict[tuple[str, str], bool] = {}
         self._drops = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -85,10 +82,17 @@ class FaultProxy:
 
     # -- decisions (thread-safe) --------------------------------------------------------------------------
     def _hit(self, kind: str, share: float, identity: str) -> bool:
-        """Whether this request / item gets fault `kind`: a fixed share by hash, at most max_hits times each."""
-        if share <= 0 or _fraction(self.plan.salt, kind, identity) >= share:
+        """Whether this request / item gets fault `kind`, at most max_hits times each. Of the distinct requests
+        seen, exactly ceil(n × share) are picked, the first one included: a hash would make it a draw, and
+        transaction bodies carry botocore's random idempotency token, so a short test could see no fault."""
+        if share <= 0:
             return False
         with self._lock:
+            if (kind, identity) not in self._picked:
+                seen = self._seen[kind] = self._seen[kind] + 1
+                self._picked[(kind, identity)] = math.ceil(seen * share) > math.ceil((seen - 1) * share)
+            if not self._picked[(kind, identity)]:
+                return False
             if self.plan.max_hits is not None and self._hits[(kind, identity)] >= self.plan.max_hits:
                 return False
             self._hits[(kind, identity)] += 1
