@@ -114,8 +114,9 @@ def _expected_lines(rotation) -> list[str]:
     """The attention-weighted stale share each policy keeps at this budget, from the pairs' learnt change rates
     and popularity in the stored raw partitions (the prior for pairs without history)."""
     from toptracks_dagster.spotify import freshness
+
     states = _stored_states()
-    prior = freshness.pooled_rate(states)
+    prior = freshness.pooled_prior(states)
     known = len(states)
     states += [freshness.PairState("", "", None, freshness.History()) for _ in range(max(0, rotation.pairs - known))][
         : freshness.PLAN_SAMPLE
@@ -128,7 +129,8 @@ def _expected_lines(rotation) -> list[str]:
     adaptive = freshness.expected_stale_share(sample, rotation.budget, rotation.pairs, bound, "adaptive")
     return [
         f"expected attention-weighted share of stale lists at this budget ({known:,} pairs with history, change-rate "
-        f"prior {prior:.3f} a day): uniform {uniform:.3f}, adaptive {adaptive:.3f} (hard bound {bound:g} d)"
+        f"prior {prior.rate:.3f} a day, worth {prior.days:.1f} days)"
+        f": uniform {uniform:.3f}, adaptive {adaptive:.3f} (hard bound {bound:g} d)"
         + ("" if uniform <= 0 else f", {adaptive / uniform:.2f} x uniform")
     ]
 

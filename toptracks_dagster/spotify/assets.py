@@ -25,7 +25,12 @@ from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.jobs import country_partitions
 from toptracks_dagster.raw_storage.resources import RawStorage
 from toptracks_dagster.spotify import freshness
-from toptracks_dagster.spotify.budget import ROLLING_INTERVAL_S, RunBudget, adaptive_bound_days
+from toptracks_dagster.spotify.budget import (
+    ROLLING_INTERVAL_S,
+    RunBudget,
+    adaptive_bound_days,
+    run_capacity,
+)
 from toptracks_dagster.spotify.checks import (
     PUBLISH_CHECKS,
     RAW_CHECK_SPECS,
@@ -99,6 +104,7 @@ def raw_top_tracks(
             states={m: previous[m].states if previous[m] else [] for m in markets},
             bound_days=config.max_list_age_days or adaptive_bound_days(len(listed), all_markets),
             interval_days=ROLLING_INTERVAL_S / freshness.DAY_S,
+            capacity=run_capacity(settings.requests_per_day()),
         )
     except RefreshPlanError as error:
         raise Failure(description=f"refresh config: {error}", allow_retries=False) from None
@@ -272,13 +278,14 @@ def _metadata(profile, uri: str, published: bool) -> dict:
 def _stale_share(merge: PartitionMerge, profile) -> dict:
     """The estimated share of the market's stale lists now, each pair from its own change rate; a listed artist
     without a list counts as stale. Weighted: by where readers look (spotify/freshness.py)."""
-    prior = freshness.pooled_rate(merge.states)
+    prior = freshness.pooled_prior(merge.states)
     missing = [freshness.PairState(a, merge.market, None, freshness.History()) for a in profile.pending_new]
     share = freshness.estimated_stale_share([*merge.states, *missing], time.time(), prior)
     return {
         "stale_share_estimated": round(share.unweighted, 4),
         "stale_share_weighted_estimated": round(share.weighted, 4),
-        "change_rate_prior_per_day": round(prior, 5),
+        "change_rate_prior_per_day": round(prior.rate, 5),
+        "change_rate_prior_days": round(prior.days, 2),
     }
 
 

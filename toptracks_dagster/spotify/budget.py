@@ -171,6 +171,12 @@ def adaptive_bound_days(artists: int, markets: int) -> float:
     ).bound_days
 
 
+def run_capacity(per_day: int | None) -> int | None:
+    """Pairs an hourly rolling run plans at `per_day` requests a day (None: no budget): what the planner counts on
+    from the runs to come when it keeps the bound."""
+    return None if per_day is None else max(1, math.floor(per_day / RUNS_PER_DAY / (1 + RETRY_HEADROOM)))
+
+
 def ticks_left_today(now: datetime, interval_s: int) -> int:
     """Ticks every `interval_s` seconds (aligned to midnight UTC) from `now` to the day's end, this one included."""
     midnight = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1), datetime.min.time())

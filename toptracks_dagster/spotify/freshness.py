@@ -16,14 +16,12 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Literal
 
 from toptracks_dagster.common import parse_iso
 
 DAY_S = 86400.0
 Policy = Literal["adaptive", "uniform"]
-# The prior a pair starts from, worth one refetch: the market's pooled rate once the market has MIN_POOLED_DAYS of
-# pair history, else one change in PRIOR_DAYS_PER_CHANGE days.
 PRIOR_DAYS_PER_CHANGE = 20.0
 MIN_POOLED_DAYS = 30.0
 # Spotify's popularity grows with the logarithm of plays; a reader's attention is taken to grow tenfold every
@@ -122,23 +120,50 @@ class PairState:
     popularity: int | None = None
 
 
-def pooled_rate(states: Iterable[PairState]) -> float:
-    """Changes per day over every pair's history: the prior of pairs with little of their own."""
-    changes = days = 0.0
+@dataclass(frozen=True)
+class Prior:
+    """What a pair is assumed to change at before its own refetches say: a Gamma prior of mean `rate` changes a
+    day, worth `days` of the pair's own observation."""
+
+    rate: float
+    days: float
+
+
+# Before the market has MIN_POOLED_DAYS of history: one change in PRIOR_DAYS_PER_CHANGE days, worth a week (the
+# Gamma fit of rates spread log-normally with σ = 1).
+DEFAULT_PRIOR = Prior(1 / PRIOR_DAYS_PER_CHANGE, 7.0)
+PRIOR_DAYS_RANGE = (0.5, 365.0)
+
+
+def pooled_prior(states: Iterable[PairState]) -> Prior:
+    """The prior fitted to the market's pairs (empirical Bayes): the pooled rate, and a strength from how much the
+    pairs' own rates spread beyond Poisson noise (method of moments, as DerSimonian & Laird). Pairs that all change
+    alike get a strong prior; a catalogue of quiet and busy lists a weak one, so each pair's history decides."""
+    pairs = changes = days = spread = days_squared = 0.0
     for state in states:
-        changes += state.history.effective_changes()
-        days += state.history.observed_days
+        t = state.history.observed_days
+        if t <= 0:
+            continue
+        x = state.history.effective_changes()
+        pairs += 1
+        changes += x
+        days += t
+        spread += x * x / t
+        days_squared += t * t
     if days < MIN_POOLED_DAYS:
-        return 1 / PRIOR_DAYS_PER_CHANGE
-    return max(changes, 1.0) / days
+        return DEFAULT_PRIOR
+    rate = max(changes, 1.0) / days
+    # Q = Σ tᵢ(rᵢ − rate)², E[Q] = (k − 1)·rate + variance·(Σt − Σt²/Σt) for Poisson counts around Gamma rates.
+    q = spread - 2 * rate * changes + rate * rate * days
+    variance = (q - (pairs - 1) * rate) / max(days - days_squared / days, 1e-9)
+    low, high = PRIOR_DAYS_RANGE
+    return Prior(rate, high if variance <= 0 else min(high, max(low, rate / variance)))
 
 
-def change_rate(history: History, prior: float) -> float:
-    """Changes per day: Cho & Garcia-Molina's estimator with the prior worth one refetch of a mean interval
-    (a Gamma prior of shape 1 and mean `prior`), so a pair with no history gets the prior and a long history
-    its own rate."""
-    interval = history.observed_days / history.polls if history.polls else 1.0
-    return (history.effective_changes() + prior * interval) / (history.observed_days + interval)
+def change_rate(history: History, prior: Prior) -> float:
+    """Changes per day: the posterior mean of Cho & Garcia-Molina's bias-reduced count under `prior`, so a pair
+    with no history gets the prior and a long history its own rate."""
+    return (history.effective_changes() + prior.rate * prior.days) / (history.observed_days + prior.days)
 
 
 def gain(weight: float, rate: float, age_days: float) -> float:
@@ -160,29 +185,47 @@ def choose(
     max_age_days: float,
     interval_days: float,
     policy: Policy,
-    prior: float,
+    prior: Prior,
+    capacity: int | None = None,
 ) -> list[PairState]:
-    """The `count` pairs to refresh now: new ones first (by artist id), then those that would pass `max_age_days`
-    before the next run (oldest first), then by gain (adaptive) or by age (uniform). Keeps only `count` pairs in
-    memory, whatever the catalogue's size."""
+    """The `count` pairs to refresh now, runs coming every `interval_days` with `capacity` pairs each (default
+    `count`): new pairs first (in the order given), then as many of the oldest as the bound `max_age_days` needs
+    now, then by gain (adaptive) or by age (uniform).
+
+    The bound is kept by earliest deadline first: if the pairs due by the j-th next run outnumber what j runs can
+    refresh, the excess is refreshed now. Looking only at the pairs about to pass the bound would let a first load,
+    whose lists all share one fetch time, pass it all at once a bound later."""
     if count <= 0:
         return []
-
-    def ranked() -> Iterator[tuple]:
-        for order, state in enumerate(states):
-            if state.fetched_at is None:
-                yield 0, 0.0, order, state
-                continue
+    states = states if isinstance(states, list) else list(states)
+    new = [s for s in states if s.fetched_at is None][:count]
+    room = count - len(new)
+    if room <= 0:
+        return new
+    horizon = max(1, math.ceil(max_age_days / interval_days))
+    due = [0] * (horizon + 1)  # pairs whose last allowed run is the j-th from now (0: this one)
+    known = []
+    for order, state in enumerate(states):
+        if state.fetched_at is not None:
             age = (now - state.fetched_at) / DAY_S
-            if age + interval_days >= max_age_days:
-                yield 1, -age, order, state
-            elif policy == "uniform":
-                yield 2, -age, order, state
-            else:
-                rate = change_rate(state.history, prior)
-                yield 2, -gain(attention(state.popularity), rate, age), order, state
-
-    return [entry[3] for entry in heapq.nsmallest(count, ranked(), key=lambda e: e[:3])]
+            due[min(horizon, max(0, math.floor((max_age_days - age) / interval_days - 1e-9)))] += 1
+            known.append((age, order, state))
+    per_run, forced, total = capacity or count, 0, 0
+    for j, pairs in enumerate(due):
+        total += pairs
+        forced = max(forced, total - j * per_run)
+    oldest = heapq.nsmallest(min(room, forced), known, key=lambda e: (-e[0], e[1]))
+    taken = {e[1] for e in oldest}
+    rest = (e for e in known if e[1] not in taken)
+    if policy == "uniform":
+        ranked = heapq.nsmallest(room - len(oldest), rest, key=lambda e: (-e[0], e[1]))
+    else:
+        ranked = heapq.nsmallest(
+            room - len(oldest),
+            rest,
+            key=lambda e: (-gain(attention(e[2].popularity), change_rate(e[2].history, prior), e[0]), e[1]),
+        )
+    return new + [e[2] for e in oldest] + [e[2] for e in ranked]
 
 
 @dataclass
@@ -194,7 +237,7 @@ class StaleShare:
     pairs: int
 
 
-def estimated_stale_share(states: Iterable[PairState], now: float, prior: float) -> StaleShare:
+def estimated_stale_share(states: Iterable[PairState], now: float, prior: Prior) -> StaleShare:
     total = weighted = weights = 0.0
     pairs = 0
     for state in states:
@@ -245,12 +288,16 @@ def expected_stale_share(
     weights = sum(w for w, _ in pairs)
     per_pair_budget = budget_per_day * len(pairs) / max(total_pairs, 1)  # the sample's share of the budget
     if policy == "uniform":
+        if per_pair_budget <= 0:
+            return 1.0
         interval = len(pairs) / per_pair_budget
         return sum(w * _stale_at_interval(r, interval) for w, r in pairs) / weights
     # Bisection on the common marginal gain: a higher level means longer intervals, fewer refreshes.
     low, high = 0.0, max(gain(w, r, max_age_days) for w, r in pairs)
-    if sum(1 / max_age_days for _ in pairs) >= per_pair_budget:
-        intervals = [max_age_days] * len(pairs)
+    if per_pair_budget <= 0:
+        return 1.0
+    if len(pairs) / max_age_days >= per_pair_budget:  # no room above the bound: every policy is the rotation
+        intervals = [len(pairs) / per_pair_budget] * len(pairs)
     else:
         for _ in range(40):
             level = (low + high) / 2
@@ -260,7 +307,7 @@ def expected_stale_share(
     return sum(w * _stale_at_interval(r, t) for (w, r), t in zip(pairs, intervals, strict=True)) / weights
 
 
-def plan_sample(states: list[PairState], prior: float, size: int = PLAN_SAMPLE) -> list[tuple[float, float]]:
+def plan_sample(states: list[PairState], prior: Prior, size: int = PLAN_SAMPLE) -> list[tuple[float, float]]:
     chosen = states if len(states) <= size else random.Random(0).sample(states, size)
     return [(attention(s.popularity), change_rate(s.history, prior)) for s in chosen]
 

@@ -167,12 +167,14 @@ def plan_adaptive_pairs(
     states: dict[str, list[PairState]],
     bound_days: float,
     interval_days: float,
+    capacity: int | None = None,
 ) -> list[MarketPlan]:
-    """The `config.pairs` pairs whose refresh helps readers most (freshness.choose), over all `markets`."""
+    """The `config.pairs` pairs whose refresh helps readers most (freshness.choose), over all `markets`, with runs
+    of `capacity` pairs (default `config.pairs`) every `interval_days` to keep the bound."""
     if config.pairs <= 0:
         raise RefreshPlanError("mode 'adaptive' needs pairs above 0")
     known = {m: {s.artist_id: s for s in states.get(m) or []} for m in markets}
-    prior = freshness.pooled_rate(s for m in markets for s in known[m].values())
+    prior = freshness.pooled_prior(s for m in markets for s in known[m].values())
 
     def candidates():
         for artist_id in listed:
@@ -180,7 +182,9 @@ def plan_adaptive_pairs(
                 yield known[market].get(artist_id) or PairState(artist_id, market, None, freshness.History())
 
     now = datetime.now(timezone.utc).timestamp()
-    chosen = freshness.choose(candidates(), config.pairs, now, bound_days, interval_days, "adaptive", prior)
+    chosen = freshness.choose(
+        list(candidates()), config.pairs, now, bound_days, interval_days, "adaptive", prior, capacity
+    )
     listed_set = set(listed)
     plans = []
     for market in markets:
@@ -205,11 +209,12 @@ def plan_run(
     states: dict[str, list[PairState]] | None = None,
     bound_days: float = 7.0,
     interval_days: float = 1 / 24,
+    capacity: int | None = None,
 ) -> list[MarketPlan]:
     """One plan per market. A market without a partition is fetched in full, except by a `pairs` plan (whose
     pairs without a list come first anyway)."""
     if config.mode == "adaptive":
-        return plan_adaptive_pairs(config, markets, listed, stored, states or {}, bound_days, interval_days)
+        return plan_adaptive_pairs(config, markets, listed, stored, states or {}, bound_days, interval_days, capacity)
     if config.mode == "stalest" and config.pairs > 0:
         return plan_stalest_pairs(config, markets, listed, stored)
     return [
