@@ -18,7 +18,8 @@ from toptracks_dagster.raw_storage.resources import LocalRawStorage
 from toptracks_dagster.schedules import rolling_refresh
 from toptracks_dagster.spotify.budget import RotationPlan, run_allowance, run_pairs, spent_on, utc_now
 from toptracks_dagster.spotify.client import SpotifyBudgetExhausted, SpotifyClient
-from toptracks_dagster.spotify.refresh import RefreshConfig, plan_stalest_pairs
+from toptracks_dagster.spotify.freshness import History, PairState, epoch
+from toptracks_dagster.spotify.refresh import RefreshConfig, plan_pairs
 
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 TODAY_NOON = utc_now().replace(hour=12, minute=0, second=0, microsecond=0)  # the ledger's day is the system clock's
@@ -59,13 +60,15 @@ def test_stalest_pairs_take_artists_without_a_list_first_then_the_oldest_lists()
             e: "2026-03-01T00:00:00.000Z",
         },
     }
-    plans = {
-        p.market: p for p in plan_stalest_pairs(RefreshConfig(mode="stalest", pairs=4), ["US", "CA"], listed, stored)
-    }
+    states = {m: [PairState(a, m, epoch(at), History()) for a, at in lists.items()] for m, lists in stored.items()}
+
+    def plan(pairs: int) -> dict:
+        made = plan_pairs(RefreshConfig(mode="stalest", pairs=pairs), ["US", "CA"], listed, states, 365.0, 1 / 24)
+        return {p.market: p.fetch for p in made}
+
     # e/US (no list), then d/US (Jan 1), b/US (Feb 1), a/CA (Feb 15).
-    assert plans["US"].fetch == sorted([e, d, b]) and plans["CA"].fetch == [a]
-    only_new = plan_stalest_pairs(RefreshConfig(mode="stalest", pairs=1), ["US", "CA"], listed, stored)
-    assert [p.fetch for p in only_new] == [[e], []]
+    assert plan(4) == {"US": sorted([e, d, b]), "CA": [a]}
+    assert plan(1) == {"US": [e], "CA": []}
 
 
 def test_a_rolling_run_gets_what_is_left_today_shared_by_the_ticks_left():

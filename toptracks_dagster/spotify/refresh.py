@@ -2,15 +2,13 @@
 
 full, due and changed are one rule: fetch new artists, and stored lists fetched before a cutoff (full: the run's
 start, so a step retry keeps what the failed attempt fetched; due: `max_age_hours` ago; changed: none). stalest
-takes new artists first, then the oldest lists (the uniform rotation); adaptive takes new artists first, then lists
-about to pass the hard bound, then those whose refresh gains readers the most fresh time (spotify/freshness.py);
-artists takes the given ids. Artists that left the list are
-dropped without a request. `max_requests` and the daily budget cap a run's requests, retries included.
+and adaptive take new artists first, then the lists the hard bound needs now, then the oldest lists (stalest, the
+uniform rotation) or those whose refresh gains readers the most fresh time (adaptive; spotify/freshness.py).
+artists takes the given ids. Artists that left the list are dropped without a request. `max_requests` and the daily budget cap a run's requests, retries included.
 """
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -92,14 +90,6 @@ def plan_market(
             "changed": None,
         }[config.mode]
         fetch = [a for a in listed if a not in stored or (cutoff is not None and _fetched_before(stored[a], cutoff))]
-    elif config.mode == "stalest":
-        if config.limit <= 0:
-            raise RefreshPlanError("mode 'stalest' needs a limit (per market) or pairs (over all markets) above 0")
-        chosen = new[: config.limit]
-        room = config.limit - len(chosen)
-        if room > 0:
-            chosen += [a for _, a in heapq.nsmallest(room, ((stored[a], a) for a in listed if a in stored))]
-        fetch = sorted(chosen)
     elif config.mode == "artists":
         bad = [a for a in config.artist_ids if not is_valid_spotify_id(a)]
         if bad:
@@ -124,80 +114,42 @@ def _fetched_before(requested_at: str, cutoff: datetime) -> bool:
         return True
 
 
-def plan_stalest_pairs(
-    config: RefreshConfig, markets: list[str], listed: list[str], stored: dict[str, dict[str, str] | None]
-) -> list[MarketPlan]:
-    """The `config.pairs` stalest (artist, market) pairs over all `markets`: pairs without a stored list first (an
-    artist with no list is always the stalest), in artist-id order, then the oldest `requested_at`; ties go by
-    artist id, then market order. `stored`: market -> artist -> requested_at (None: the market has no partition).
-    Cost: one pass over artists x markets (ids and timestamps only) and a heap of `pairs`."""
-    lists = {m: stored.get(m) or {} for m in markets}
-    listed_set = set(listed)
-    order = {m: i for i, m in enumerate(markets)}
-    chosen: list[tuple[str, str]] = []
-    for artist_id in listed:
-        for market in markets:
-            if artist_id not in lists[market]:
-                if len(chosen) == config.pairs:
-                    break
-                chosen.append((artist_id, market))
-    room = config.pairs - len(chosen)
-    if room > 0:
-        chosen += [
-            (a, m)
-            for _, a, _, m in heapq.nsmallest(
-                room, ((lists[m][a], a, order[m], m) for a in listed for m in markets if a in lists[m])
-            )
-        ]
-    plans = []
-    for market in markets:
-        new = sum(1 for a in listed if a not in lists[market])
-        removed = sum(1 for a in lists[market] if a not in listed_set)
-        plans.append(
-            MarketPlan(market=market, fetch=sorted(a for a, m in chosen if m == market), new=new, removed=removed)
-        )
-    return plans
-
-
-def plan_adaptive_pairs(
+def plan_pairs(
     config: RefreshConfig,
     markets: list[str],
     listed: list[str],
-    stored: dict[str, dict[str, str] | None],
     states: dict[str, list[PairState]],
     bound_days: float,
     interval_days: float,
     capacity: int | None = None,
 ) -> list[MarketPlan]:
-    """The `config.pairs` pairs whose refresh helps readers most (freshness.choose), over all `markets`, with runs
-    of `capacity` pairs (default `config.pairs`) every `interval_days` to keep the bound."""
-    if config.pairs <= 0:
-        raise RefreshPlanError("mode 'adaptive' needs pairs above 0")
+    """stalest and adaptive (freshness.choose): `config.pairs` over all `markets` (stalest: or `config.limit` per
+    market), new artists first in artist-id then market order; runs of `capacity` pairs (default the run's) every
+    `interval_days` keep the bound. `states`: market -> what is stored of each pair."""
+    policy = "uniform" if config.mode == "stalest" else "adaptive"
+    count = config.pairs or (config.limit if policy == "uniform" else 0)
+    if count <= 0:
+        needs = "a limit (per market) or pairs (over all markets)" if policy == "uniform" else "pairs"
+        raise RefreshPlanError(f"mode {config.mode!r} needs {needs} above 0")
     known = {m: {s.artist_id: s for s in states.get(m) or []} for m in markets}
     prior = freshness.pooled_prior(s for m in markets for s in known[m].values())
-
-    def candidates():
-        for artist_id in listed:
-            for market in markets:
-                yield known[market].get(artist_id) or PairState(artist_id, market, None, freshness.History())
-
     now = datetime.now(timezone.utc).timestamp()
-    chosen = freshness.choose(
-        list(candidates()), config.pairs, now, bound_days, interval_days, "adaptive", prior, capacity
-    )
+    chosen: list[PairState] = []
+    for group in [markets] if config.pairs else [[m] for m in markets]:
+        candidates = [
+            known[m].get(a) or PairState(a, m, None, freshness.History()) for a in listed for m in group
+        ]
+        chosen += freshness.choose(candidates, count, now, bound_days, interval_days, policy, prior, capacity)
     listed_set = set(listed)
-    plans = []
-    for market in markets:
-        lists = stored.get(market) or {}
-        plans.append(
-            MarketPlan(
-                market=market,
-                fetch=sorted(s.artist_id for s in chosen if s.market == market),
-                new=sum(1 for a in listed if a not in lists),
-                removed=sum(1 for a in lists if a not in listed_set),
-            )
+    return [
+        MarketPlan(
+            market=market,
+            fetch=sorted(s.artist_id for s in chosen if s.market == market),
+            new=sum(1 for a in listed if a not in known[market]),
+            removed=sum(1 for a in known[market] if a not in listed_set),
         )
-    return plans
+        for market in markets
+    ]
 
 
 def plan_run(
@@ -211,12 +163,10 @@ def plan_run(
     interval_days: float = 1 / 24,
     capacity: int | None = None,
 ) -> list[MarketPlan]:
-    """One plan per market. A market without a partition is fetched in full, except by a `pairs` plan (whose
+    """One plan per market. A market without a partition is fetched in full, except by stalest and adaptive (whose
     pairs without a list come first anyway)."""
-    if config.mode == "adaptive":
-        return plan_adaptive_pairs(config, markets, listed, stored, states or {}, bound_days, interval_days, capacity)
-    if config.mode == "stalest" and config.pairs > 0:
-        return plan_stalest_pairs(config, markets, listed, stored)
+    if config.mode in ("stalest", "adaptive"):
+        return plan_pairs(config, markets, listed, states or {}, bound_days, interval_days, capacity)
     return [
         plan_market(
             config if stored.get(m) is not None else RefreshConfig(mode="full", reason=config.reason),
