@@ -4,7 +4,8 @@ full, due and changed are one rule: fetch new artists, and stored lists fetched 
 start, so a step retry keeps what the failed attempt fetched; due: `max_age_hours` ago; changed: none). stalest
 and adaptive take new artists first, then the lists the hard bound needs now, then the oldest lists (stalest, the
 uniform rotation) or those whose refresh gains readers the most fresh time (adaptive; spotify/freshness.py).
-artists takes the given ids. Artists that left the list are dropped without a request. `max_requests` and the daily budget cap a run's requests, retries included.
+artists takes the given ids. Artists that left the list are dropped without a request. `max_requests` and the
+daily budget cap a run's requests, retries included.
 """
 
 from __future__ import annotations
@@ -136,9 +137,7 @@ def plan_pairs(
     now = datetime.now(timezone.utc).timestamp()
     chosen: list[PairState] = []
     for group in [markets] if config.pairs else [[m] for m in markets]:
-        candidates = [
-            known[m].get(a) or PairState(a, m, None, freshness.History()) for a in listed for m in group
-        ]
+        candidates = [known[m].get(a) or PairState(a, m, None, freshness.History()) for a in listed for m in group]
         chosen += freshness.choose(candidates, count, now, bound_days, interval_days, policy, prior, capacity)
     listed_set = set(listed)
     return [
