@@ -202,30 +202,35 @@ def main() -> int:
 
 
 def plot(rows: list[dict], days: int) -> str:
-    """Daily attention-weighted stale share, one panel per budget row, uniform dashed, adaptive solid."""
+    """Daily attention-weighted stale share, one panel (own scale) per budget and bound, uniform dashed, adaptive
+    solid."""
     colours = dict(zip(WORKLOADS, ("#1f77b4", "#d62728", "#2ca02c"), strict=True))
     panels = sorted({(r["budget"], r["bound_days"]) for r in rows}, key=lambda p: (p[0] != "P/1", p[1]))
     width, height, pad = 300, 220, 40
-    top = max(max(r["uniform"]["daily_weighted"] + r["adaptive"]["daily_weighted"]) for r in rows) * 1.1
     svg = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{len(panels) * (width + pad) + pad}" height="{height + 90}"'
         ' font-family="sans-serif" font-size="11">'
     ]
     for k, (budget, bound) in enumerate(panels):
         x0, y0 = pad + k * (width + pad), 30
+        mine = [r for r in rows if (r["budget"], r["bound_days"]) == (budget, bound)]
+        top = max(max(r["uniform"]["daily_weighted"] + r["adaptive"]["daily_weighted"]) for r in mine) * 1.1
         svg.append(f'<text x="{x0}" y="18">budget {budget}, adaptive bound D = {bound:g} days</text>')
         svg.append(f'<rect x="{x0}" y="{y0}" width="{width}" height="{height}" fill="none" stroke="#999"/>')
         for frac in (0.25, 0.5, 0.75, 1.0):
             y = y0 + height * (1 - frac)
             svg.append(f'<text x="{x0 - 4}" y="{y + 4:.0f}" text-anchor="end">{frac * top:.2f}</text>')
-        for row in (r for r in rows if (r["budget"], r["bound_days"]) == (budget, bound)):
+        for row in mine:
             for policy, dash in (("uniform", ' stroke-dasharray="4 3"'), ("adaptive", "")):
                 series = row[policy]["daily_weighted"]
                 points = " ".join(
                     f"{x0 + width * (d + 1) / days:.1f},{y0 + height * (1 - v / top):.1f}" for d, v in enumerate(series)
                 )
                 svg.append(f'<polyline points="{points}" fill="none" stroke="{colours[row["workload"]]}"{dash}/>')
-        svg.append(f'<text x="{x0 + width / 2}" y="{y0 + height + 16}" text-anchor="middle">day</text>')
+        for day in (0, days // 2, days):
+            x = x0 + width * day / days
+            svg.append(f'<text x="{x:.0f}" y="{y0 + height + 14}" text-anchor="middle">{day}</text>')
+        svg.append(f'<text x="{x0 + width / 2}" y="{y0 + height + 28}" text-anchor="middle">day</text>')
     legend_y = height + 70
     for k, name in enumerate(WORKLOADS):
         svg.append(f'<text x="{pad + k * 170}" y="{legend_y}" fill="{colours[name]}">{name}</text>')
