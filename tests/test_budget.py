@@ -15,7 +15,7 @@ from tests.conftest import TEST_CLIENT_ID
 from tests.helpers import check_results, expected_keys, partition_metadata, run_all_markets, run_request, scan_table
 from toptracks_dagster.cli import main
 from toptracks_dagster.raw_storage.resources import LocalRawStorage
-from toptracks_dagster.schedules import rolling_refresh
+from toptracks_dagster.schedules import rolling_refresh, rolling_refresh_fields
 from toptracks_dagster.spotify.budget import RotationPlan, run_allowance, run_pairs, spent_on, utc_now
 from toptracks_dagster.spotify.client import SpotifyBudgetExhausted, SpotifyClient
 from toptracks_dagster.spotify.freshness import History, PairState, epoch
@@ -69,6 +69,17 @@ def test_stalest_pairs_take_artists_without_a_list_first_then_the_oldest_lists()
     # e/US (no list), then d/US (Jan 1), b/US (Feb 1), a/CA (Feb 15).
     assert plan(4) == {"US": sorted([e, d, b]), "CA": [a]}
     assert plan(1) == {"US": [e], "CA": []}
+
+
+def test_a_tick_whose_share_is_under_one_pair_runs_nothing_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOPTRACKS_REQUESTS_PER_DAY", "12")
+    storage = LocalRawStorage(base_dir=str(tmp_path))
+    fields, why = rolling_refresh_fields(storage, NOON.replace(hour=1))  # 12 requests over 23 ticks: 0 each
+    assert fields is None and "under one pair" in why and "12 requests left today" in why
+    fields, _ = rolling_refresh_fields(storage, NOON)  # 12 over 12: one request, but 10 % are kept for retries
+    assert fields is None
+    fields, _ = rolling_refresh_fields(storage, NOON.replace(hour=23))  # the last tick plans all of it
+    assert (fields["pairs"], fields["max_requests"]) == (12, 12)
 
 
 def test_a_rolling_run_gets_what_is_left_today_shared_by_the_ticks_left():

@@ -7,7 +7,14 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 from toptracks_dagster import config
 from toptracks_dagster.jobs import all_markets_tags, top_tracks_job
 from toptracks_dagster.raw_storage.resources import RawStorage
-from toptracks_dagster.spotify.budget import ROLLING_INTERVAL_S, describe_spent, run_allowance, run_pairs, spent_on
+from toptracks_dagster.spotify.budget import (
+    ROLLING_INTERVAL_S,
+    describe_spent,
+    run_allowance,
+    run_pairs,
+    spent_on,
+    ticks_left_today,
+)
 
 
 def _raw_config(**fields) -> dict:
@@ -40,14 +47,20 @@ def rolling_refresh_fields(raw_storage: RawStorage, now: datetime) -> tuple[dict
         spent = spent_on(raw_storage, now.date())
     except config.PermanentError as error:  # an unreadable ledger or storage: said, nothing is run
         return None, str(error)
-    allowance = run_allowance(budget, spent, now, ROLLING_INTERVAL_S)
-    if allowance <= 0:
+    if spent >= budget:
         return None, f"request budget spent: {describe_spent(spent, budget, now.date())}"
+    allowance = run_allowance(budget, spent, now, ROLLING_INTERVAL_S)
+    pairs = run_pairs(allowance, now, ROLLING_INTERVAL_S)
+    if pairs <= 0:  # a small budget early in the day: later ticks get what is left
+        return None, (
+            f"this tick's share of the {budget - spent} requests left today (UTC {now.date()}) is under one pair "
+            f"over the {ticks_left_today(now, ROLLING_INTERVAL_S)} ticks left"
+        )
     stamp = f"{now:%Y-%m-%dT%H:%M}"
     mode = "adaptive" if config.refresh_policy() == "adaptive" else "stalest"
     return {
         "mode": mode,
-        "pairs": run_pairs(allowance, now, ROLLING_INTERVAL_S),
+        "pairs": pairs,
         "max_requests": allowance,
         "reason": f"rolling_refresh {stamp} ({mode}): {allowance} of {budget - spent} requests left today",
     }, stamp
