@@ -7,6 +7,7 @@ outputs that let the step finish.
 
 # No `from __future__ import annotations`: Dagster inspects annotations of decorated functions.
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -20,7 +21,6 @@ from dagster import (
     Output,
 )
 
-CANNOT_EVALUATE = "cannot be evaluated: "  # the one spelling of a check that could not read its data
 SAMPLE_SIZE = 10  # offending entries kept for a check's metadata; the counts always cover all of them
 
 
@@ -45,16 +45,6 @@ class CheckOutcome:
     description: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def cannot_evaluate(
-        cls,
-        name: str,
-        error: str,
-        severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
-        metadata: dict | None = None,
-    ) -> "CheckOutcome":
-        return cls(name, False, severity, CANNOT_EVALUATE + error, {**(metadata or {}), "error": error})
-
 
 def check_spec(asset: str, name: str, description: str, partitions_def=None, blocking: bool = False) -> AssetCheckSpec:
     return AssetCheckSpec(
@@ -68,12 +58,11 @@ def emit_check_results(
     """Yield every outcome (keyed by partition), then the check outputs. Call after the asset's materializations,
     so each evaluation names the materialization it is about."""
     specs = {spec.name: spec for spec in context.assets_def.check_specs}
-    targets: dict = {}  # one lookup per (asset, partition): each is a query of the instance
+    # One lookup per (asset, partition): each is a query of the instance.
+    target = functools.cache(lambda asset_key, partition: target_materialization(context, asset_key, partition))
     for partition, results in outcomes.items():
         for outcome in results:
             spec = specs[outcome.name]
-            if (spec.asset_key, partition) not in targets:
-                targets[(spec.asset_key, partition)] = target_materialization(context, spec.asset_key, partition)
             yield AssetCheckEvaluation(
                 asset_key=spec.asset_key,
                 check_name=spec.name,
@@ -83,7 +72,7 @@ def emit_check_results(
                 metadata=outcome.metadata,
                 blocking=spec.blocking,
                 partition=partition,
-                target_materialization_data=targets[(spec.asset_key, partition)],
+                target_materialization_data=target(spec.asset_key, partition),
             )
     for output_name in context.assets_def.check_specs_by_output_name:
         yield Output(None, output_name=output_name)

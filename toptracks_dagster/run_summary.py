@@ -33,6 +33,8 @@ def summarize(result, markets: list[str], seconds: float, run_tags: dict | None 
     summary = RunSummary(result.run_id, result.success, seconds, rows={m: {} for m in markets})
     summary.run_metadata = {k.split("/", 1)[1]: v for k, v in (run_tags or {}).items() if k.startswith("toptracks/")}
     for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data:
+            summary.failures.append(f"{event.step_key}: {root_cause(event.step_failure_data)}")
         data = event.event_specific_data
         found = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
         if event.event_type_value not in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION") or found is None:
@@ -52,9 +54,6 @@ def summarize(result, markets: list[str], seconds: float, run_tags: dict | None 
             summary.success = False
         else:
             summary.warnings.append(line)
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            summary.failures.append(f"{event.step_key}: {root_cause(event.step_failure_data)}")
     return summary
 
 
@@ -81,15 +80,8 @@ def print_summary(summary: RunSummary) -> None:
     for market, assets in summary.rows.items():
         raw = assets.get("raw_top_tracks", {})
         table = assets.get("top_tracks", {})
-        state = (
-            ""
-            if not raw
-            else "unchanged"
-            if not raw.get("rewritten")
-            else "published"
-            if raw.get("published")
-            else "REJECTED (previous kept)"
-        )
+        outcome = "published" if raw.get("published") else "REJECTED (previous kept)"
+        state = (outcome if raw.get("rewritten") else "unchanged") if raw else ""
         print(
             f"{market:<8}{raw.get('artists', '-'):>8}{raw.get('artists_fetched', '-'):>8}"
             f"{raw.get('artists_not_found', '-'):>6}{raw.get('tracks', '-'):>8}{table.get('items_written', '-'):>9}"

@@ -15,13 +15,17 @@ import json
 import sys
 import unicodedata
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from toptracks_dagster import config
 from toptracks_dagster.dynamodb.load import artist_items
 from toptracks_dagster.dynamodb.table import GSI_NAME, PARTITION_KEY, SORT_KEY, TRANSIENT_EXCEPTIONS, sort_key
+
+_deserialize = TypeDeserializer().deserialize
 
 
 class QueryError(RuntimeError):
@@ -39,14 +43,16 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _from_dynamodb(item: dict) -> dict:
+    return plain({k: _deserialize(v) for k, v in item.items()})
+
+
 def get_track(client, table: str, artist_id: str, market: str, track_id: str) -> dict | None:
     """The item of `track_id` in `artist_id`'s top list for `market`, or None."""
-    from boto3.dynamodb.types import TypeDeserializer
-
     key = {PARTITION_KEY: {"S": artist_id}, SORT_KEY: {"S": sort_key(market, track_id)}}
     response = _explained(client, table, lambda: client.get_item(TableName=table, ConsistentRead=True, Key=key))
     item = response.get("Item")
-    return plain({k: TypeDeserializer().deserialize(v) for k, v in item.items()}) if item else None
+    return _from_dynamodb(item) if item else None
 
 
 def artist_top_list(client, table: str, artist_id: str, market: str) -> list[dict]:
@@ -58,8 +64,6 @@ def artist_top_list(client, table: str, artist_id: str, market: str) -> list[dic
 def popular_tracks(client, table: str, market: str, min_popularity: int, limit: int | None = None) -> list[dict]:
     """Tracks in `market` with popularity above `min_popularity`, most popular first: a paginated GSI Query (a
     FilterExpression needs a key condition, and a Scan would read the whole table)."""
-    from boto3.dynamodb.types import TypeDeserializer
-
     pages = client.get_paginator("query").paginate(
         TableName=table,
         IndexName=GSI_NAME,
@@ -70,8 +74,7 @@ def popular_tracks(client, table: str, market: str, min_popularity: int, limit: 
         PaginationConfig={k: v for k, v in {"MaxItems": limit, "PageSize": limit}.items() if v},
     )
     found = _explained(client, table, lambda: [item for page in pages for item in page.get("Items", [])])
-    items = [plain({k: TypeDeserializer().deserialize(v) for k, v in item.items()}) for item in found]
-    return items[:limit] if limit else items
+    return [_from_dynamodb(item) for item in found]  # MaxItems stops the paginator at the limit
 
 
 def _explained(client, table: str, read):
@@ -108,13 +111,11 @@ def add_query_commands(subparsers) -> argparse.ArgumentParser:
     common.add_argument("--table", help="table name (default: TOPTRACKS_TABLE, else top_tracks)")
 
     track = kinds.add_parser("track", parents=[common], help="one track by (artist, market, track id)")
-    track.add_argument("artist_id")
-    track.add_argument("market", type=_market)
-    track.add_argument("track_id")
-
     top = kinds.add_parser("top", parents=[common], help="an artist's top list in a market, in rank order")
-    top.add_argument("artist_id")
-    top.add_argument("market", type=_market)
+    for parser in (track, top):
+        parser.add_argument("artist_id")
+        parser.add_argument("market", type=_market)
+    track.add_argument("track_id")
 
     popular = kinds.add_parser("popular", parents=[common], help="tracks in a market above a popularity")
     popular.add_argument("market", type=_market)
@@ -133,25 +134,25 @@ def run_query_command(args: argparse.Namespace, client=None, out=None, err=None)
         table = args.table or config.table_name()
         client = client or dynamodb_resource().get_client()
         if args.query_command == "track":
-            item = get_track(client, table, args.artist_id, args.market, args.track_id)
-            if item is None:
-                print(
-                    f"no track {args.track_id} for artist {args.artist_id} in {args.market} (table {table})", file=err
-                )
-                return 1
-            _print(out, item, args.json, _track_text)
+            found = get_track(client, table, args.artist_id, args.market, args.track_id)
+            missing = f"no track {args.track_id} for artist {args.artist_id} in {args.market}"
+            as_text = _track_text
         elif args.query_command == "top":
-            items = artist_top_list(client, table, args.artist_id, args.market)
-            if not items:
-                print(f"no top tracks for artist {args.artist_id} in {args.market} (table {table})", file=err)
-            _print(out, items, args.json, lambda rows: _table(rows, TOP_COLUMNS))
+            found = artist_top_list(client, table, args.artist_id, args.market)
+            missing = f"no top tracks for artist {args.artist_id} in {args.market}"
+            as_text = partial(_table, columns=TOP_COLUMNS)
         else:
-            items = popular_tracks(client, table, args.market, args.min_popularity, limit=args.limit)
-            if not items:
-                print(
-                    f"no tracks in {args.market} with popularity above {args.min_popularity} (table {table})", file=err
-                )
-            _print(out, items, args.json, lambda rows: _table(rows, POPULAR_COLUMNS))
+            found = popular_tracks(client, table, args.market, args.min_popularity, limit=args.limit)
+            missing = f"no tracks in {args.market} with popularity above {args.min_popularity}"
+            as_text = partial(_table, columns=POPULAR_COLUMNS)
+        if not found:
+            print(f"{missing} (table {table})", file=err)
+        if found is None:  # the one track asked for is not there; an empty list is an answer
+            return 1
+        if args.json:
+            print(json.dumps(found, ensure_ascii=False, indent=2, sort_keys=True), file=out)
+        elif found:
+            print(as_text(found), file=out)
         return 0
     except config.ConfigError as error:
         print(f"configuration error: {error}", file=err)
@@ -190,36 +191,13 @@ POPULAR_COLUMNS = [
     ("name", lambda i: i.get("name")),
     ("artists", lambda i: ", ".join(a.get("name", "") for a in i.get("artists") or [] if isinstance(a, dict))),
 ]
-TRACK_FIELDS = [
-    "artist_id",
-    "country",
-    "id",
-    "rank",
-    "name",
-    "popularity",
-    "artists",
-    "album",
-    "duration_ms",
-    "explicit",
-    "is_playable",
-    "preview_url",
-    "external_urls",
-    "fetched_at",
-]
-
-
-def _print(out, value, as_json: bool, as_text) -> None:
-    if as_json:
-        print(json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True), file=out)
-    elif value:
-        print(as_text(value), file=out)
+TRACK_FIELDS = """artist_id country id rank name popularity artists album duration_ms explicit is_playable preview_url
+    external_urls fetched_at""".split()
 
 
 def _track_text(item: dict) -> str:
     rows = []
-    for name in TRACK_FIELDS:
-        if name not in item:
-            continue
+    for name in [name for name in TRACK_FIELDS if name in item]:
         value = item[name]
         if name == "artists":
             value = ", ".join(a.get("name", "") for a in value if isinstance(a, dict))
@@ -233,14 +211,10 @@ def _track_text(item: dict) -> str:
 
 
 def _table(items: list[dict], columns: list) -> str:
-    cells = [[_cell(get(item)) for _, get in columns] for item in items]
-    headers = [header for header, _ in columns]
-    widths = [max([_width(h)] + [_width(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    lines = [
-        "  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip(),
-        "  ".join("-" * w for w in widths),
-    ]
-    lines += ["  ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    rows = [[header for header, _ in columns]] + [[_cell(get(item)) for _, get in columns] for item in items]
+    widths = [max(map(_width, column)) for column in zip(*rows, strict=True)]
+    lines = ["  ".join(_pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))  # under the header
     return "\n".join(lines)
 
 

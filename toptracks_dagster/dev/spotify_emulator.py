@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -438,10 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = EmulatorSettings(latency_ms=args.latency_ms, seed=args.seed)
     with SpotifyEmulator(args.client_id, client_secret, args.port, settings) as emulator:
         print(f"spotify emulator listening on {emulator.base_url.removesuffix('/v1')}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

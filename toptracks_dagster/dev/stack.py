@@ -1,16 +1,9 @@
 """The local stack: the Spotify emulator and AWS's DynamoDB Local as background processes on 127.0.0.1 that
 outlive the command that started them, plus a seeded SQLite artists table. Dev-only, for the `local` deployment.
 
-Whatever needs it calls `ensure_local_stack()` when a run starts: it reads the state file, checks that the
-recorded processes are ours and answer, and starts the stack when they do not. `toptracks stack
-start|status|stop|reset` manage it by hand. DynamoDB Local runs in memory: a restarted stack begins with an
-empty DynamoDB (and the Dagster instance forgets what it had recorded there), while the raw dir and the artists
-table stay.
-
-State (`TOPTRACKS_LOCAL_DIR`, default ./data/local, git-ignored): stack.json (pids, ports, per-stack credentials;
-mode 0600), stack.env (the same as shell variables, for `set -a; . data/local/stack.env`), stack.lock, logs/,
-artists.sqlite. Ports: 8787 (emulator) and 8788 (DynamoDB) when free, else free ones;
-TOPTRACKS_STACK_SPOTIFY_PORT / TOPTRACKS_STACK_DYNAMODB_PORT choose others (0 = any free port).
+Whatever needs it calls `ensure_local_stack()` when a run starts: it starts the stack unless the recorded
+processes are ours and answer. `toptracks stack start|status|stop|reset` manage it by hand. Its state files,
+ports and what survives a restart: docs/local-stack.md.
 """
 
 from __future__ import annotations
@@ -60,9 +53,7 @@ def forget_materializations(asset_keys: tuple[str, ...], reason: str) -> str:
         instance.wipe_assets(keys)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for key in keys:
-            instance.report_runless_asset_event(
-                AssetObservation(asset_key=key, metadata={"wiped": reason, "at": stamp})
-            )
+            instance.report_runless_asset_event(AssetObservation(key, metadata={"wiped": reason, "at": stamp}))
     return f"wiped the materializations of {', '.join(asset_keys)} in the Dagster instance at {home}"
 
 
@@ -76,6 +67,7 @@ LOCK_TIMEOUT_S = START_TIMEOUT_S + 30.0
 _EMULATOR_MODULE = "toptracks_dagster.dev.spotify_emulator"
 _LAUNCHER = Path(__file__).with_name("LoopbackDynamoDBLocal.java")
 _REPO = Path(__file__).resolve().parents[2]
+_SECRET_ENV = "TOPTRACKS_STACK_SPOTIFY_SECRET"
 
 
 def dynamodb_local_command(port: int, *jvm_options: str) -> list[str]:
@@ -91,9 +83,6 @@ def dynamodb_local_command(port: int, *jvm_options: str) -> list[str]:
     # Without -disableTelemetry it writes dynamodb-local-metadata.json into the working directory and reports
     # usage to AWS; neither has a place in a test or a demo.
     return command + ["-inMemory", "-disableTelemetry", "-port", str(port)]
-
-
-_SECRET_ENV = "TOPTRACKS_STACK_SPOTIFY_SECRET"
 
 
 class StackError(RuntimeError):
@@ -127,11 +116,6 @@ def _save_state(directory: Path, state: dict) -> None:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             handle.write(text + "\n")
         os.replace(tmp, directory / name)
-
-
-def _forget_state(directory: Path) -> None:
-    for name in ("stack.json", "stack.env"):
-        (directory / name).unlink(missing_ok=True)
 
 
 @contextmanager
@@ -185,11 +169,10 @@ def seed_demo_artists(path: Path, count: int = DEMO_ARTISTS) -> bool:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = demo_artist_ids(count)
+    rows = [(i,) for i in [f"  {ids[0]} ", ids[1], *ids[1:]]]
     with closing(sqlite3.connect(path)) as connection:
         connection.execute("CREATE TABLE artists (id TEXT)")
-        connection.executemany(
-            "INSERT INTO artists (id) VALUES (?)", [(i,) for i in [f"  {ids[0]} ", ids[1], *ids[1:]]]
-        )
+        connection.executemany("INSERT INTO artists (id) VALUES (?)", rows)
         connection.commit()
     return True
 
@@ -281,8 +264,10 @@ def healthy(state: dict | None) -> bool:
     return bool(state) and all(ok for ok, _ in check_health(state).values())
 
 
-def _stop_processes(state: dict, timeout_s: float = 20.0) -> None:
-    for info in state.get("processes", {}).values():
+def _stop_recorded(directory: Path, timeout_s: float = 20.0) -> dict | None:
+    """Stop the processes the state file records, in whatever format (only those still ours), and delete it."""
+    state = _read_state(directory)
+    for info in (state or {}).get("processes", {}).values():
         pid, marker = info.get("pid"), info.get("marker", "")
         if not is_our_process(pid, marker):
             continue
@@ -293,6 +278,9 @@ def _stop_processes(state: dict, timeout_s: float = 20.0) -> None:
                 os.kill(pid, signal.SIGKILL)
                 break
             time.sleep(0.1)
+    for name in ("stack.json", "stack.env"):
+        (directory / name).unlink(missing_ok=True)
+    return state
 
 
 # ------------------------------------------------------------------------------------------ lifecycle
@@ -315,7 +303,7 @@ def start(directory: Path | None = None, announce: Callable[[str], None] | None 
         if healthy(state):
             return state
         # Partly alive, not answering, or of another format: its processes go before a new stack starts.
-        _stop_processes(_read_state(directory) or {})
+        _stop_recorded(directory)
         state = _start_locked(directory)
     (announce or (lambda message: None))(f"local stack started: {describe(state)}")
     return state
@@ -352,8 +340,7 @@ def _start_locked(directory: Path) -> dict:
     while not healthy(state):
         dead = [name for name, p in state["processes"].items() if not is_our_process(p["pid"], p["marker"])]
         if dead or time.monotonic() > deadline:
-            _stop_processes(state)
-            _forget_state(directory)
+            _stop_recorded(directory)
             what = f"{', '.join(dead)} exited" if dead else f"not healthy after {START_TIMEOUT_S:.0f} s"
             raise StackError(f"local stack did not start ({what}); see the logs in {logs}")
         time.sleep(0.2)
@@ -366,10 +353,7 @@ def stop(directory: Path | None = None) -> dict | None:
     """Stops the recorded processes (only if they are still ours) and forgets the stack's credentials."""
     directory = directory or local_dir()
     with _locked(directory):
-        state = _read_state(directory)
-        _stop_processes(state or {})
-        _forget_state(directory)
-        return state
+        return _stop_recorded(directory)
 
 
 def describe(state: dict) -> str:
@@ -396,8 +380,7 @@ def reset(directory: Path | None = None) -> list[str]:
                 client.delete_table(TableName=table)
             done.append(f"deleted DynamoDB tables: {', '.join(tables) or 'none'}")
         else:  # DynamoDB Local runs in memory: a stopped stack has no table left
-            _stop_processes(_read_state(directory) or {})
-            _forget_state(directory)
+            _stop_recorded(directory)
             done.append("the local stack was not running: no DynamoDB tables to delete")
         if raw.exists():
             shutil.rmtree(raw)
