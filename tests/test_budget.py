@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def test_the_bound_is_stated_and_a_catalogue_past_the_budget_is_called_out(capsy
     # The default policy is adaptive: its hard bound is the accepted age, never shorter than the rotation.
     assert "hard bound D = 7 day(s)" in out and "at most 29 % of the budget goes where lists change" in out
     assert "median 2.50 d, p95 4.75 d, oldest 5.00 d" in out
+    # Before anything is fetched, both policies' expected stale share, from the model the planner assumes.
+    expected = re.search(r"uniform (\d\.\d+), adaptive (\d\.\d+) \(hard bound 7 d\)", out)
+    assert expected and 0 < float(expected[2]) < float(expected[1]), out
     assert main(["plan", "--artists", "40000", "--markets", "5", "--budget", "20000", "--target-days", "7"]) == 3
     out = capsys.readouterr().out
     assert "PAST WHAT THE BUDGET CAN KEEP" in out and "at most 28,000 artists" in out

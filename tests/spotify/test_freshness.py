@@ -202,6 +202,17 @@ def test_expected_stale_share_below_one_refresh_per_bound_is_the_rotation_for_bo
     assert f.expected_stale_share(same, 0, 1000, 7.0, "uniform") == 1.0
 
 
+def test_plan_sample_keeps_the_known_share_and_draws_the_unknown_from_the_model():
+    known = [aged(f"k{i}", 1.0, History(30, 3, 30.0), popularity=70) for i in range(100)]
+    sample = f.plan_sample(known, f.DEFAULT_PRIOR, total_pairs=400, size=200)
+    assert len(sample) == 200
+    from_known = [s for s in sample if s == (f.attention(70), f.change_rate(History(30, 3, 30.0), f.DEFAULT_PRIOR))]
+    assert len(from_known) == 50  # a quarter of the catalogue is stored
+    drawn = [s for s in sample if s not in from_known]
+    assert len({w for w, _ in drawn}) > 20 and len({r for _, r in drawn}) > 100  # spread, not one value
+    assert f.plan_sample([], f.DEFAULT_PRIOR, total_pairs=10) and len(f.plan_sample([], f.DEFAULT_PRIOR, 10)) == 10
+
+
 def test_expected_stale_share_adaptive_equals_uniform_for_identical_pairs():
     same = [(1.0, 0.2)] * 50
     for budget in (5.0, 20.0):

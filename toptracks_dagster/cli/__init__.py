@@ -117,20 +117,17 @@ def _expected_lines(rotation) -> list[str]:
 
     states = _stored_states()
     prior = freshness.pooled_prior(states)
-    known = len(states)
-    states += [freshness.PairState("", "", None, freshness.History()) for _ in range(max(0, rotation.pairs - known))][
-        : freshness.PLAN_SAMPLE
-    ]
-    sample = freshness.plan_sample(states, prior)
+    known = sum(1 for s in states if s.history.observed_days > 0)
+    sample = freshness.plan_sample(states, prior, rotation.pairs)
     bound = rotation.bound_days
     if rotation.policy != "adaptive":  # what adaptive would keep with the configured bound
         bound = max(config.max_list_age_days() or rotation.target_days, rotation.rotation_bound_days)
     uniform = freshness.expected_stale_share(sample, rotation.budget, rotation.pairs, bound, "uniform")
     adaptive = freshness.expected_stale_share(sample, rotation.budget, rotation.pairs, bound, "adaptive")
     return [
-        f"expected attention-weighted share of stale lists at this budget ({known:,} pairs with history, change-rate "
-        f"prior {prior.rate:.3f} a day, worth {prior.days:.1f} days)"
-        f": uniform {uniform:.3f}, adaptive {adaptive:.3f} (hard bound {bound:g} d)"
+        f"expected attention-weighted share of stale lists at this budget ({known:,} pairs with history; change-rate "
+        f"prior {prior.rate:.3f} a day, worth {prior.days:.1f} days, for the others; attention of pairs without a list "
+        f"as a Zipf 0.8 catalogue): uniform {uniform:.3f}, adaptive {adaptive:.3f} (hard bound {bound:g} d)"
         + ("" if uniform <= 0 else f", {adaptive / uniform:.2f} x uniform")
     ]
 

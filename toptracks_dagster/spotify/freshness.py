@@ -307,9 +307,29 @@ def expected_stale_share(
     return sum(w * _stale_at_interval(r, t) for (w, r), t in zip(pairs, intervals, strict=True)) / weights
 
 
-def plan_sample(states: list[PairState], prior: Prior, size: int = PLAN_SAMPLE) -> list[tuple[float, float]]:
-    chosen = states if len(states) <= size else random.Random(0).sample(states, size)
-    return [(attention(s.popularity), change_rate(s.history, prior)) for s in chosen]
+def plan_sample(
+    states: list[PairState], prior: Prior, total_pairs: int, size: int = PLAN_SAMPLE
+) -> list[tuple[float, float]]:
+    """(attention, rate) of a uniform sample of the catalogue's `total_pairs`, stored pairs as they are known. What
+    is not known yet is drawn from the model the planner assumes: a rate without history from the prior (a Gamma),
+    the attention of a pair without a list from a uniformly drawn rank of a Zipf 0.8 catalogue (popularity
+    100 − 20·log10(rank), as in benchmarks/freshness_simulation.py)."""
+    rng = random.Random(0)
+    total = max(total_pairs, len(states), 1)
+    known = min(len(states), round(size * len(states) / total))
+    chosen = rng.sample(states, known) + [None] * min(total - len(states), size - known)
+    sample = []
+    for state in chosen:
+        if state is None or state.popularity is None:
+            weight = attention(max(0.0, 100 - 20 * math.log10(rng.randint(1, total))))
+        else:
+            weight = attention(state.popularity)
+        if state is not None and state.history.observed_days > 0:
+            rate = change_rate(state.history, prior)
+        else:
+            rate = max(rng.gammavariate(prior.rate * prior.days, 1 / prior.days), 1e-6)
+        sample.append((weight, rate))
+    return sample
 
 
 def epoch(moment: str | datetime | None) -> float | None:
