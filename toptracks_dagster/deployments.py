@@ -58,9 +58,9 @@ def _local_resources() -> dict:
     )
     artists_path = config.env("TOPTRACKS_LOCAL_ARTISTS_DB") if own_services else None
     return {
-        "artists_db": SQLiteArtistsDatabase(path=artists_path)
+        "artists_db": SQLiteArtistsDatabase(path=artists_path, attention_column=config.attention_column())
         if artists_path
-        else SQLiteArtistsDatabase(local_stack=True),
+        else SQLiteArtistsDatabase(local_stack=True, attention_column=config.attention_column()),
         "spotify": SpotifyResource(
             **spotify,
             concurrency=config.spotify_concurrency(16),
@@ -91,6 +91,7 @@ def _prod_resources() -> dict:
             iam_auth=iam_auth,
             region_name=config.region(),
             ssl_ca=config.env("MYSQL_SSL_CA"),
+            attention_column=config.attention_column(),
         ),
         "spotify": SpotifyResource(
             client_id=EnvVar("SPOTIFY_CLIENT_ID"),

@@ -129,3 +129,33 @@ def test_wrong_mysql_password_is_named_in_the_cli_summary(prod_env, artists_tabl
         completed.stderr
     )
     assert "Xq7Pw9zKsecret" not in completed.stdout + completed.stderr
+
+
+def test_the_named_attention_column_is_published_with_the_ids(artists_table, tmp_path):
+    ids = demo_artist_ids(4, seed=6)
+    with artists_table.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE artists ADD COLUMN followers BIGINT")
+        cursor.executemany(
+            "INSERT INTO artists (id, followers) VALUES (%s, %s)", list(zip(ids, [10, 0, None, 99], strict=True))
+        )
+    with instance_for_test() as instance:
+        result = materialize(
+            [artist_ids],
+            partition_key="US",
+            resources={
+                **resources(artists_table, tmp_path),
+                "artists_db": mysql_db(artists_table, attention_column="followers"),
+            },
+            instance=instance,
+        )
+    snapshot = read_snapshot(LocalRawStorage(base_dir=str(tmp_path / "raw")))
+    assert sorted(snapshot["ids"]) == sorted(ids)
+    assert snapshot["attention"] == {ids[0]: 10.0, ids[1]: 0.0, ids[3]: 99.0}  # NULL: no value, the median later
+    metadata = result.asset_materializations_for_node("artist_ids")[0].metadata
+    assert metadata["ids_with_attention"].value == 3
+    assert "attention" not in read_snapshot_after_plain_run(artists_table, tmp_path)
+
+
+def read_snapshot_after_plain_run(artists_table, tmp_path) -> dict:
+    assert run(artists_table, tmp_path).success  # no column named: the snapshot carries no attention
+    return read_snapshot(LocalRawStorage(base_dir=str(tmp_path / "raw")))

@@ -187,6 +187,29 @@ def test_sqlite_streams_screens_and_names_what_is_missing(tmp_path, some_artist_
     assert missing.fingerprint() == screened.fingerprint
 
 
+def test_the_attention_column_is_read_per_valid_id_and_a_missing_one_is_named(artists_table, tmp_path):
+    a, b, c = (secrets.choice(BASE62) * 22 for _ in range(3))
+    with artists_table.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE artists ADD COLUMN followers BIGINT, ADD COLUMN note VARCHAR(20)")
+        cursor.executemany(
+            "INSERT INTO artists (id, followers, note) VALUES (%s, %s, %s)",
+            [(f" {a} ", 1200, "x"), (b, None, "y"), (c, -5, "z"), ("bad", 7, "w")],
+        )
+    assert mysql_db(artists_table, attention_column="followers").read_attention() == {a: 1200.0}
+    assert mysql_db(artists_table, attention_column="note").read_attention() == {}  # not numbers: none
+    with pytest.raises(ArtistsDatabaseUnusable, match="Unknown column 'fans'"):
+        mysql_db(artists_table, attention_column="fans").read_attention()
+    with pytest.raises(ArtistsDatabaseUnusable, match="not a plain identifier"):
+        mysql_db(artists_table, attention_column="id FROM x --").read_attention()
+    path = tmp_path / "artists.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE artists (id TEXT, priority REAL)")
+        connection.executemany("INSERT INTO artists VALUES (?, ?)", [(a, 2.5), (b, "high")])
+    assert SQLiteArtistsDatabase(path=str(path), attention_column="priority").read_attention() == {a: 2.5}
+    with pytest.raises(ArtistsDatabaseUnusable, match="no such column"):
+        SQLiteArtistsDatabase(path=str(path), attention_column="fans").read_attention()
+
+
 def test_table_name_must_be_an_identifier(artists_table):
     with pytest.raises(ArtistsDatabaseUnusable, match="not a plain identifier"):
         mysql_db(artists_table, table="artists; DROP TABLE x").read_ids()

@@ -173,6 +173,18 @@ def test_choose_orders_new_then_bound_then_gain_or_age():
     assert pick([cold, hot], 1) == ["hot"]
 
 
+def test_the_attention_column_outweighs_popularity_and_an_artist_without_a_value_gets_the_median():
+    loud, quiet, unknown = (
+        aged(a, 2.0, History(20, 4, 20.0), popularity=p) for a, p in [("loud", 90), ("quiet", 10), ("x", 50)]
+    )
+    assert pick([loud, quiet], 1) == ["loud"]
+    f.apply_attention([loud, quiet, unknown], {"loud": 1.0, "quiet": 5000.0, "other": 3.0})
+    assert pick([loud, quiet], 1) == ["quiet"]  # the column says readers look at `quiet`
+    assert (loud.weight, quiet.weight, unknown.weight) == (1.0, 5000.0, 3.0)
+    f.apply_attention([loud], None)  # no column: nothing changes
+    assert loud.weight == 1.0
+
+
 @pytest.mark.parametrize("count", [-1, 0, 1, 3, 10])
 def test_choose_returns_exactly_the_budget(count):
     states = [aged(f"a{i}", i + 0.5) for i in range(5)]
@@ -289,3 +301,14 @@ def test_plan_run_adaptive_spends_exactly_the_pairs_new_artists_first():
     plans = plan_run(RefreshConfig(mode="adaptive", pairs=3), markets, listed, stored, datetime.now(), states)
     # After the new pairs, the stored pair of highest gain: the oldest, most changing list (C, first market first).
     assert {(a, p.market) for p in plans for a in p.fetch} == {(D, "US"), (D, "GB"), (C, "US")}
+    # With the artists table's attention column, the artist readers look at goes first, whatever its list's gain.
+    weighted = plan_run(
+        RefreshConfig(mode="adaptive", pairs=3),
+        markets,
+        listed,
+        stored,
+        datetime.now(),
+        states,
+        attention={A: 1e6, B: 1.0, C: 1.0},
+    )
+    assert {(a, p.market) for p in weighted for a in p.fetch} == {(D, "US"), (D, "GB"), (A, "US")}

@@ -41,11 +41,15 @@ class SnapshotUnreadable(PermanentError):
 
 
 def write_artist_ids_snapshot(
-    storage: RawStorage, screened: ScreenedArtistIds, source: str, read_at: str
+    storage: RawStorage, screened: ScreenedArtistIds, source: str, read_at: str, attention: dict | None = None
 ) -> PendingObject:
-    """Write the snapshot aside; the caller publishes or discards the returned PendingObject."""
+    """Write the snapshot aside; the caller publishes or discards the returned PendingObject. `attention`: artist
+    id -> the artists table's attention column, when one is named."""
     snapshot = {"source": source, "read_at": read_at, "rows": screened.rows, "duplicates": screened.duplicates}
     snapshot.update(invalid_rows=screened.invalid_rows, invalid=screened.invalid, fingerprint=screened.fingerprint)
+    if attention is not None:
+        valid = set(screened.valid)
+        snapshot["attention"] = {a: w for a, w in attention.items() if a in valid}
     with storage.write_aside(ARTIST_IDS_KEY) as (stream, pending):
         json.dump({**snapshot, "ids": screened.valid}, stream)
     return pending
@@ -155,6 +159,7 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
     read_at = utc_now_iso()
     with permanent_errors():
         screened = artists_db.read_ids()
+        attention = artists_db.read_attention() if artists_db.attention_column else None
     if screened.invalid_rows:
         context.log.warning(f"{screened.invalid_rows} invalid artist id row(s) skipped, e.g. {screened.invalid[:5]}")
     try:
@@ -163,7 +168,7 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
         previous = error
     source = {"source": artists_db.describe(), "read_at": read_at}
     checks = evaluate_artist_ids_checks(screened, source, previous, context.run.tags)
-    pending = write_artist_ids_snapshot(raw_storage, screened, artists_db.describe(), read_at)
+    pending = write_artist_ids_snapshot(raw_storage, screened, artists_db.describe(), read_at, attention)
     blocked = failed_blocking(checks, ARTIST_IDS_CHECK_SPECS)
     (pending.discard if blocked else pending.publish)()
     yield MaterializeResult(
@@ -177,6 +182,7 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
             "fingerprint": screened.fingerprint,
             "snapshot": MetadataValue.path(raw_storage.uri(ARTIST_IDS_KEY)),
             **source,
+            **({} if attention is None else {"ids_with_attention": len(attention)}),
         }
     )
     yield from emit_check_results(context, {market: checks for market in context.partition_keys})

@@ -4,6 +4,7 @@ Rows are streamed and screened as they arrive, so memory holds the id list and n
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import sqlite3
 from abc import ABC, abstractmethod
@@ -86,21 +87,52 @@ def id_set_fingerprint(ids: Iterable[str]) -> str:
     )
 
 
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
 class ArtistsDatabase(ConfigurableResource, ABC):
     """Reads artist ids. Subclasses differ in how they connect and stream rows."""
 
     table: str = Field(default="artists", description="Table holding one artist per row in column `id`.")
+    attention_column: str | None = Field(
+        default=None,
+        description="A numeric column saying how much readers look at the artist (followers, a priority); the "
+        "rolling refresh weighs pairs by it instead of by popularity",
+    )
 
     @abstractmethod
     def describe(self) -> str:
         """Where the ids come from, for messages and metadata (no secrets)."""
 
     @abstractmethod
+    def _select(self, sql: str) -> Iterator[tuple]:
+        """Rows of one query, `{table}` spliced in, streamed."""
+
     def rows(self) -> Iterator[object]:
         """Every `id` value of the table, streamed."""
+        return (row[0] for row in self._select("SELECT id FROM {table}"))
 
     def read_ids(self) -> ScreenedArtistIds:
         return screen_artist_ids(self.rows())
+
+    def read_attention(self) -> dict[str, float]:
+        """Artist id -> the attention column's value, for rows whose id is valid and value a number >= 0."""
+        column = self.attention_column
+        if not column or not _IDENTIFIER_RE.match(column):
+            raise ArtistsDatabaseUnusable(f"{self.describe()}: attention column {column!r} is not a plain identifier")
+        found = {}
+        for artist_id, value in self._select(f"SELECT id, {column} FROM {{table}}"):
+            number = _number(value)
+            if isinstance(artist_id, str) and is_valid_spotify_id(artist_id.strip()) and number is not None:
+                found[artist_id.strip()] = number
+        return found
 
     def fingerprint(self) -> str:
         """The screened id set's fingerprint; equal to `read_ids().fingerprint`."""
@@ -179,8 +211,8 @@ class MySQLArtistsDatabase(ArtistsDatabase):
             if connection.open:
                 connection.close()
 
-    def rows(self) -> Iterator[object]:
-        return (row[0] for row in self._execute("SELECT id FROM `{table}`"))
+    def _select(self, sql: str) -> Iterator[tuple]:
+        return self._execute(sql)
 
     def fingerprint(self) -> str:
         # One aggregate row instead of the table: the sensor runs this every tick. Same screening as Python's.
@@ -211,7 +243,7 @@ class SQLiteArtistsDatabase(ArtistsDatabase):
     def describe(self) -> str:
         return f"sqlite://{self.path or 'the local stack'} table `{self.table}`"
 
-    def rows(self) -> Iterator[object]:
+    def _select(self, sql: str) -> Iterator[tuple]:
         table = self._checked_table()
         path = self._path()
         if not Path(path).exists():
@@ -219,9 +251,9 @@ class SQLiteArtistsDatabase(ArtistsDatabase):
         try:
             uri = f"{Path(path).resolve().as_uri()}?mode=ro"
             with closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s)) as connection:
-                cursor = connection.execute(f"SELECT id FROM {table}")
+                cursor = connection.execute(sql.format(table=table))
                 while batch := cursor.fetchmany(_BATCH):
-                    yield from (row[0] for row in batch)
+                    yield from batch
         except sqlite3.Error as error:
             permanent = str(error).startswith(("no such table", "no such column"))
             kind = ArtistsDatabaseUnusable if permanent else ArtistsDatabaseError

@@ -86,6 +86,7 @@ def raw_top_tracks(
     with settings.permanent_errors():
         snapshot = read_snapshot(raw_storage)
     listed = sorted(set(snapshot["ids"]))
+    attention = snapshot.get("attention") if isinstance(snapshot.get("attention"), dict) else None
     previous = {}
     for market in markets:
         try:
@@ -105,6 +106,7 @@ def raw_top_tracks(
             bound_days=config.max_list_age_days or adaptive_bound_days(len(listed), all_markets),
             interval_days=ROLLING_INTERVAL_S / freshness.DAY_S,
             capacity=run_capacity(settings.requests_per_day()),
+            attention=attention,
         )
     except RefreshPlanError as error:
         raise Failure(description=f"refresh config: {error}", allow_retries=False) from None
@@ -194,7 +196,7 @@ def raw_top_tracks(
             failed[market] = str(error)
         metadata = _metadata(profile, uri, not blocked and market not in failed)
         metadata["pairs_older_than_bound"] = profile.older_than(now, budget.bound_days)
-        metadata.update(_stale_share(merges[market], profile))
+        metadata.update(_stale_share(merges[market], profile, attention))
         context.add_asset_metadata(metadata, partition_key=market)
     for market in markets:
         if market not in checks and previous[market] is not None:
@@ -275,11 +277,12 @@ def _metadata(profile, uri: str, published: bool) -> dict:
     }
 
 
-def _stale_share(merge: PartitionMerge, profile) -> dict:
+def _stale_share(merge: PartitionMerge, profile, attention: dict | None) -> dict:
     """The estimated share of the market's stale lists now, each pair from its own change rate; a listed artist
     without a list counts as stale. Weighted: by where readers look (spotify/freshness.py)."""
     prior = freshness.pooled_prior(merge.states)
     missing = [freshness.PairState(a, merge.market, None, freshness.History()) for a in profile.pending_new]
+    freshness.apply_attention([*merge.states, *missing], attention)
     share = freshness.estimated_stale_share([*merge.states, *missing], time.time(), prior)
     return {
         "stale_share_estimated": round(share.unweighted, 4),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import statistics
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Literal
@@ -118,6 +119,21 @@ class PairState:
     fetched_at: float | None  # epoch seconds
     history: History
     popularity: int | None = None
+    weight: float | None = None  # attention from the artists table's column, when one is named
+
+
+def weight_of(state: PairState) -> float:
+    return state.weight if state.weight is not None else attention(state.popularity)
+
+
+def apply_attention(states: Iterable[PairState], attention_by_artist: dict | None) -> None:
+    """Weigh pairs by the artists table's attention column (artist id -> value); an artist without a value gets
+    the median one. None: popularity decides."""
+    if attention_by_artist is None:
+        return
+    median = statistics.median(attention_by_artist.values()) if attention_by_artist else 1.0
+    for state in states:
+        state.weight = float(attention_by_artist.get(state.artist_id, median))
 
 
 @dataclass(frozen=True)
@@ -223,7 +239,7 @@ def choose(
         ranked = heapq.nsmallest(
             room - len(oldest),
             rest,
-            key=lambda e: (-gain(attention(e[2].popularity), change_rate(e[2].history, prior), e[0]), e[1]),
+            key=lambda e: (-gain(weight_of(e[2]), change_rate(e[2].history, prior), e[0]), e[1]),
         )
     return new + [e[2] for e in oldest] + [e[2] for e in ranked]
 
@@ -242,7 +258,7 @@ def estimated_stale_share(states: Iterable[PairState], now: float, prior: Prior)
     pairs = 0
     for state in states:
         pairs += 1
-        weight = attention(state.popularity)
+        weight = weight_of(state)
         stale = (
             1.0
             if state.fetched_at is None
@@ -320,10 +336,10 @@ def plan_sample(
     chosen = rng.sample(states, known) + [None] * min(total - len(states), size - known)
     sample = []
     for state in chosen:
-        if state is None or state.popularity is None:
-            weight = attention(max(0.0, 100 - 20 * math.log10(rng.randint(1, total))))
+        if state is not None and (state.weight is not None or state.popularity is not None):
+            weight = weight_of(state)
         else:
-            weight = attention(state.popularity)
+            weight = attention(max(0.0, 100 - 20 * math.log10(rng.randint(1, total))))
         if state is not None and state.history.observed_days > 0:
             rate = change_rate(state.history, prior)
         else:

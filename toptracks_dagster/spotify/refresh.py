@@ -123,10 +123,12 @@ def plan_pairs(
     bound_days: float,
     interval_days: float,
     capacity: int | None = None,
+    attention: dict | None = None,
 ) -> list[MarketPlan]:
     """stalest and adaptive (freshness.choose): `config.pairs` over all `markets` (stalest: or `config.limit` per
     market), new artists first in artist-id then market order; runs of `capacity` pairs (default the run's) every
-    `interval_days` keep the bound. `states`: market -> what is stored of each pair."""
+    `interval_days` keep the bound. `states`: market -> what is stored of each pair; `attention`: artist id -> the
+    artists table's attention column (None: popularity)."""
     policy = "uniform" if config.mode == "stalest" else "adaptive"
     count = config.pairs or (config.limit if policy == "uniform" else 0)
     if count <= 0:
@@ -138,6 +140,7 @@ def plan_pairs(
     chosen: list[PairState] = []
     for group in [markets] if config.pairs else [[m] for m in markets]:
         candidates = [known[m].get(a) or PairState(a, m, None, freshness.History()) for a in listed for m in group]
+        freshness.apply_attention(candidates, attention)
         chosen += freshness.choose(candidates, count, now, bound_days, interval_days, policy, prior, capacity)
     listed_set = set(listed)
     return [
@@ -161,11 +164,12 @@ def plan_run(
     bound_days: float = 7.0,
     interval_days: float = 1 / 24,
     capacity: int | None = None,
+    attention: dict | None = None,
 ) -> list[MarketPlan]:
     """One plan per market. A market without a partition is fetched in full, except by stalest and adaptive (whose
     pairs without a list come first anyway)."""
     if config.mode in ("stalest", "adaptive"):
-        return plan_pairs(config, markets, listed, states or {}, bound_days, interval_days, capacity)
+        return plan_pairs(config, markets, listed, states or {}, bound_days, interval_days, capacity, attention)
     return [
         plan_market(
             config if stored.get(m) is not None else RefreshConfig(mode="full", reason=config.reason),
