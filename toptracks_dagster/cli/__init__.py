@@ -134,7 +134,9 @@ def _expected_lines(rotation) -> list[str]:
 
 def _stored_states() -> list:
     """Every stored pair's planner state, from the raw partitions (none when storage holds none yet)."""
+    from toptracks_dagster.artists_db.assets import read_snapshot
     from toptracks_dagster.deployments import build_resources
+    from toptracks_dagster.spotify import freshness
     from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete
 
     storage = build_resources()["raw_storage"]
@@ -145,4 +147,11 @@ def _stored_states() -> list:
         except (RawPartitionIncomplete, config.PermanentError):
             partition = None
         states += partition.states if partition else []
+    try:
+        snapshot = read_snapshot(storage, missing_ok=True) or {}
+    except config.PermanentError:
+        snapshot = {}
+    freshness.apply_attention(
+        states, snapshot.get("attention") if isinstance(snapshot.get("attention"), dict) else None
+    )
     return states
