@@ -30,7 +30,7 @@ def storage_for(where: str):
 def _reserve_many(where: str, times: int, start, results) -> None:
     storage = storage_for(where)
     start.wait(60)
-    results.put([RunBudget.reserve(storage, f"{os.getpid()}/{i}", 3, 10, 2).cap for i in range(times)])
+    results.put([RunBudget.reserve(storage, f"{os.getpid()}-{i}/0", 3, 10, 2).cap for i in range(times)])
 
 
 def race(where: str, processes: int = 2, times: int = 40) -> list[int]:
@@ -172,3 +172,15 @@ def test_a_dagster_run_reserves_under_its_run_id_and_retry(tmp_path, monkeypatch
     entries = json.loads(storage.read_small(LEDGER_KEY))["entries"]
     assert [e["run_id"] for e in entries] == [f"{r.run_id}/0" for r in runs]
     assert [e["spent"] for e in entries] == [3, 2, 0]
+
+
+def test_a_step_retry_shares_its_runs_max_requests_with_the_attempts_before_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOPTRACKS_REQUESTS_PER_DAY", "100")
+    storage = LocalRawStorage(base_dir=str(tmp_path))
+    first = RunBudget.reserve(storage, "tick/0", 10, 10, 2)
+    first.settle(7)  # the attempt failed after 7 requests
+    retry = RunBudget.reserve(storage, "tick/1", 10, 10, 2)
+    assert retry.cap == 3  # the tick's 10, not 10 more
+    died = RunBudget.reserve(storage, "other/0", 10, 10, 2)  # dies unsettled: counts at its reservation
+    assert died.cap == 10 and RunBudget.reserve(storage, "other/1", 10, 10, 2).cap == 0
+    assert RunBudget.reserve(storage, "third/0", 10, 10, 2).cap == 10  # another run: its own 10

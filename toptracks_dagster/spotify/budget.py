@@ -119,7 +119,13 @@ class RunBudget:
         def add(entries: list[BudgetEntry], now: datetime) -> None:
             spent = sum(e.counted_on(now.date()) for e in entries)
             left = max(0, per_day - spent)
-            found.update(spent=spent, cap=left if wanted is None else min(wanted, left), day=now.date())
+            # A step retry shares its run's max_requests with the attempts before it.
+            run = entry.rsplit("/", 1)[0]
+            earlier = sum(
+                e.reserved if e.spent is None else e.spent for e in entries if e.run_id.rsplit("/", 1)[0] == run
+            )
+            cap = left if wanted is None else min(max(0, wanted - earlier), left)
+            found.update(spent=spent, cap=cap, day=now.date())
             entries.append(BudgetEntry(run_id=entry, started_at=now, reserved=found["cap"]))
 
         _change(storage, add)
@@ -171,10 +177,10 @@ def adaptive_bound_days(artists: int, markets: int) -> float:
     ).bound_days
 
 
-def run_capacity(per_day: int | None) -> int | None:
-    """Pairs an hourly rolling run plans at `per_day` requests a day (None: no budget): what the planner counts on
-    from the runs to come when it keeps the bound."""
-    return None if per_day is None else max(1, math.floor(per_day / RUNS_PER_DAY / (1 + RETRY_HEADROOM)))
+def run_capacity(per_day: int | None) -> float | None:
+    """Pairs an hourly rolling run plans on average at `per_day` requests a day (None: no budget): what the planner
+    counts on from the runs to come when it keeps the bound. A fraction for budgets under a pair per tick."""
+    return None if per_day is None else per_day / RUNS_PER_DAY / (1 + RETRY_HEADROOM)
 
 
 def ticks_left_today(now: datetime, interval_s: int) -> int:

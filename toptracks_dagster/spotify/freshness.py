@@ -29,6 +29,9 @@ MIN_POOLED_DAYS = 30.0
 # ATTENTION_DECADE points of the artist's most popular track in the market.
 ATTENTION_DECADE = 25.0
 UNKNOWN_POPULARITY = 50  # an artist without a list yet (new, 404 or quarantined)
+# The share of each coming run's pairs the bound counts on: other runs (the sensor's, manual ones) may spend part
+# of a day's budget, and the bound must hold anyway.
+BOUND_MARGIN = 0.8
 PLAN_SAMPLE = 2000  # pairs `expected_stale_share` solves for (a uniform sample of the catalogue)
 
 
@@ -202,7 +205,7 @@ def choose(
     interval_days: float,
     policy: Policy,
     prior: Prior,
-    capacity: int | None = None,
+    capacity: float | None = None,
 ) -> list[PairState]:
     """The `count` pairs to refresh now, runs coming every `interval_days` with `capacity` pairs each (default
     `count`): new pairs first (in the order given), then as many of the oldest as the bound `max_age_days` needs
@@ -226,10 +229,10 @@ def choose(
             age = (now - state.fetched_at) / DAY_S
             due[min(horizon, max(0, math.floor((max_age_days - age) / interval_days - 1e-9)))] += 1
             known.append((age, order, state))
-    per_run, forced, total = capacity or count, 0, 0
+    per_run, forced, total = BOUND_MARGIN * (capacity or count), 0, 0
     for j, pairs in enumerate(due):
         total += pairs
-        forced = max(forced, total - j * per_run)
+        forced = max(forced, math.ceil(total - j * per_run))
     oldest = heapq.nsmallest(min(room, forced), known, key=lambda e: (-e[0], e[1]))
     taken = {e[1] for e in oldest}
     rest = (e for e in known if e[1] not in taken)

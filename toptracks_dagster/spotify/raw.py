@@ -61,13 +61,14 @@ def loaded_version(instance, market: str) -> str | None:
 
 
 def pair_state(record) -> PairState:
-    """The planner's view of one stored outcome (a record as read, or a TopTracksOutcome)."""
+    """The planner's view of one stored outcome (a record as read, or a TopTracksOutcome). An unusable answer
+    (a new artist's first try quarantined) counts from when it was asked, so it waits its turn instead of going
+    first, as a new artist, on every run."""
     get = record.get if isinstance(record, dict) else lambda name, default=None: getattr(record, name, default)
-    usable = get("status") in (200, 404)
     return PairState(
         artist_id=str(get("artist_id")),
         market=str(get("market")),
-        fetched_at=epoch(str(get("requested_at", ""))) if usable else None,
+        fetched_at=epoch(str(get("requested_at", ""))),
         history=History.from_json(get("history")),
         popularity=max_popularity(get("tracks")) if get("status") == 200 else None,
     )

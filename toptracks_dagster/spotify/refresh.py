@@ -122,7 +122,7 @@ def plan_pairs(
     states: dict[str, list[PairState]],
     bound_days: float,
     interval_days: float,
-    capacity: int | None = None,
+    capacity: float | None = None,
     attention: dict | None = None,
 ) -> list[MarketPlan]:
     """stalest and adaptive (freshness.choose): `config.pairs` over all `markets` (stalest: or `config.limit` per
@@ -163,7 +163,7 @@ def plan_run(
     states: dict[str, list[PairState]] | None = None,
     bound_days: float = 7.0,
     interval_days: float = 1 / 24,
-    capacity: int | None = None,
+    capacity: float | None = None,
     attention: dict | None = None,
 ) -> list[MarketPlan]:
     """One plan per market. A market without a partition is fetched in full, except by stalest and adaptive (whose
