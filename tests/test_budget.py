@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -173,6 +173,8 @@ def test_rolling_refresh_never_exceeds_the_daily_budget_with_retries_and_keeps_t
         result = run_request(last, instance)
         assert emulator.stats.as_dict()["requests"] <= 40  # retries and 404s included
         assert isinstance(_tick(prod_env, TODAY_NOON.replace(hour=23, minute=30)), SkipReason)  # the day is spent
+        missed = _tick(prod_env, TODAY_NOON - timedelta(days=1))  # caught up after midnight: yesterday's is closed
+        assert isinstance(missed, SkipReason) and "budget is closed" in missed.skip_message
 
     raw = partition_metadata(result, "raw_top_tracks")
     run_level = [

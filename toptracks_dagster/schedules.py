@@ -1,6 +1,6 @@
 """Schedules (off by default; one switch each in the UI)."""
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
@@ -75,8 +75,12 @@ def rolling_refresh_fields(raw_storage: RawStorage, now: datetime) -> tuple[dict
     "TOPTRACKS_REQUESTS_PER_DAY over the ticks left today. Skips when the budget is unset or spent.",
 )
 def rolling_refresh(context: ScheduleEvaluationContext, raw_storage: RawStorage):
+    tick = context.scheduled_execution_time
+    if tick is not None and tick.astimezone(timezone.utc).date() < datetime.now(timezone.utc).date():
+        # A tick the daemon missed before midnight: sized by its own day, it would spend that day's rest today.
+        return SkipReason(f"a missed tick of {tick:%Y-%m-%d %H:%M} UTC: that day's budget is closed")
     try:
-        fields, why = rolling_refresh_fields(raw_storage, context.scheduled_execution_time)
+        fields, why = rolling_refresh_fields(raw_storage, tick)
     except config.ConfigError as error:
         return SkipReason(str(error))
     if fields is None:

@@ -204,8 +204,8 @@ def test_the_attention_column_is_read_per_valid_id_and_a_missing_one_is_named(ar
     path = tmp_path / "artists.sqlite"
     with sqlite3.connect(path) as connection:
         connection.execute("CREATE TABLE artists (id TEXT, priority REAL)")
-        connection.executemany("INSERT INTO artists VALUES (?, ?)", [(a, 2.5), (b, "high")])
-    assert SQLiteArtistsDatabase(path=str(path), attention_column="priority").read_attention() == {a: 2.5}
+        connection.executemany("INSERT INTO artists VALUES (?, ?)", [(a, 2.5), (b, "high"), (c.encode(), 4)])
+    assert SQLiteArtistsDatabase(path=str(path), attention_column="priority").read_attention() == {a: 2.5, c: 4.0}
     with pytest.raises(ArtistsDatabaseUnusable, match="no such column"):
         SQLiteArtistsDatabase(path=str(path), attention_column="fans").read_attention()
 

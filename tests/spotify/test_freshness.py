@@ -185,6 +185,14 @@ def test_the_attention_column_outweighs_popularity_and_an_artist_without_a_value
     assert loud.weight == 1.0
 
 
+def test_pairs_of_no_attention_share_spare_budget_oldest_first_and_score_no_stale_share():
+    states = [aged(f"z{i}", 1.0 + i, History(10, 5, 10.0)) for i in range(4)]
+    f.apply_attention(states, {s.artist_id: 0.0 for s in states})
+    assert pick(states, 2) == ["z3", "z2"]  # every gain is 0: the oldest, not the lowest ids every hour
+    assert f.gain(1.0, 0.5, -3.0) == 0.0  # a list stamped in the future gains nothing
+    assert f.expected_stale_share([(0.0, 0.1)] * 3, 1.0, 3, 7.0, "adaptive") == 0.0
+
+
 @pytest.mark.parametrize("count", [-1, 0, 1, 3, 10])
 def test_choose_returns_exactly_the_budget(count):
     states = [aged(f"a{i}", i + 0.5) for i in range(5)]

@@ -94,7 +94,7 @@ def _number(value: object) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) and number >= 0 else None
+    return number if math.isfinite(number) and 0 <= number <= 1e300 else None
 
 
 class ArtistsDatabase(ConfigurableResource, ABC):
@@ -129,9 +129,9 @@ class ArtistsDatabase(ConfigurableResource, ABC):
             raise ArtistsDatabaseUnusable(f"{self.describe()}: attention column {column!r} is not a plain identifier")
         found = {}
         for artist_id, value in self._select(f"SELECT id, {column} FROM {{table}}"):
-            number = _number(value)
-            if isinstance(artist_id, str) and is_valid_spotify_id(artist_id.strip()) and number is not None:
-                found[artist_id.strip()] = number
+            ids, number = screen_artist_ids([artist_id]).valid, _number(value)
+            if ids and number is not None:
+                found[ids[0]] = number
         return found
 
     def fingerprint(self) -> str:

@@ -148,8 +148,8 @@ class Prior:
     days: float
 
 
-# Before the market has MIN_POOLED_DAYS of history: one change in PRIOR_DAYS_PER_CHANGE days, worth a week (the
-# Gamma fit of rates spread log-normally with σ = 1).
+# Before the market has MIN_POOLED_DAYS of history: one change in PRIOR_DAYS_PER_CHANGE days, worth a week (about
+# the strength of a Gamma fitted to rates spread log-normally with σ = 1).
 DEFAULT_PRIOR = Prior(1 / PRIOR_DAYS_PER_CHANGE, 7.0)
 PRIOR_DAYS_RANGE = (0.5, 365.0)
 
@@ -187,7 +187,8 @@ def change_rate(history: History, prior: Prior) -> float:
 
 def gain(weight: float, rate: float, age_days: float) -> float:
     """Attention-weighted fresh time gained by refreshing now, at list age `age_days` (the index)."""
-    x = rate * max(age_days, 0.0)
+    age_days = max(age_days, 0.0)  # a list stamped in the future is as fresh as can be
+    x = rate * age_days
     if x < 1e-6:
         return weight * rate * age_days * age_days / 2
     return weight / rate * -math.expm1(math.log1p(x) - x)
@@ -204,12 +205,12 @@ def choose(
     max_age_days: float,
     interval_days: float,
     policy: Policy,
-    prior: Prior,
+    prior: Prior | dict[str, Prior],
     capacity: float | None = None,
 ) -> list[PairState]:
     """The `count` pairs to refresh now, runs coming every `interval_days` with `capacity` pairs each (default
     `count`): new pairs first (in the order given), then as many of the oldest as the bound `max_age_days` needs
-    now, then by gain (adaptive) or by age (uniform).
+    now, then by gain (adaptive; `prior`: one, or one per market) or by age (uniform).
 
     The bound is kept by earliest deadline first: if the pairs due by the j-th next run outnumber what j runs can
     refresh, the excess is refreshed now. Looking only at the pairs about to pass the bound would let a first load,
@@ -236,13 +237,14 @@ def choose(
     oldest = heapq.nsmallest(min(room, forced), known, key=lambda e: (-e[0], e[1]))
     taken = {e[1] for e in oldest}
     rest = (e for e in known if e[1] not in taken)
+    priors = (lambda state: prior[state.market]) if isinstance(prior, dict) else (lambda state: prior)
     if policy == "uniform":
         ranked = heapq.nsmallest(room - len(oldest), rest, key=lambda e: (-e[0], e[1]))
     else:
         ranked = heapq.nsmallest(
             room - len(oldest),
             rest,
-            key=lambda e: (-gain(weight_of(e[2]), change_rate(e[2].history, prior), e[0]), e[1]),
+            key=lambda e: (-gain(weight_of(e[2]), change_rate(e[2].history, priors(e[2])), e[0]), -e[0], e[1]),
         )
     return new + [e[2] for e in oldest] + [e[2] for e in ranked]
 
@@ -302,9 +304,9 @@ def expected_stale_share(
     """Attention-weighted time-averaged stale share that `policy` keeps in steady state for (weight, rate) pairs,
     a sample of `total_pairs`, at `budget_per_day` refreshes a day. Adaptive: Cho & Garcia-Molina's optimal
     allocation with every interval at most `max_age_days`, which the index policy approximates run by run."""
-    if not pairs:
-        return 0.0
     weights = sum(w for w, _ in pairs)
+    if not pairs or weights <= 0:
+        return 0.0
     per_pair_budget = budget_per_day * len(pairs) / max(total_pairs, 1)  # the sample's share of the budget
     if policy == "uniform":
         if per_pair_budget <= 0:

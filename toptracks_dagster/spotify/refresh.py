@@ -135,7 +135,7 @@ def plan_pairs(
         needs = "a limit (per market) or pairs (over all markets)" if policy == "uniform" else "pairs"
         raise RefreshPlanError(f"mode {config.mode!r} needs {needs} above 0")
     known = {m: {s.artist_id: s for s in states.get(m) or []} for m in markets}
-    prior = freshness.pooled_prior(s for m in markets for s in known[m].values())
+    prior = {m: freshness.pooled_prior(known[m].values()) for m in markets}
     now = datetime.now(timezone.utc).timestamp()
     chosen: list[PairState] = []
     for group in [markets] if config.pairs else [[m] for m in markets]:
