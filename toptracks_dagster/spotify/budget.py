@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from toptracks_dagster import config
 from toptracks_dagster.raw_storage.resources import RawStorage
+from toptracks_dagster.spotify import freshness
 
 LEDGER_KEY = "spotify_budget/ledger.json"
 ROLLING_INTERVAL_S = 3600  # the rolling refresh ticks hourly
@@ -262,12 +263,14 @@ class RotationPlan:
             "retries and 404s count against the budget: a retry share r stretches the rotation by 1/(1-r)",
         ]
         if self.policy == "adaptive":
-            free = max(0.0, 1 - self.rotation_days / self.bound_days)
+            need = self.rotation_days / self.bound_days  # the share of the budget one refresh per bound takes
+            free = 0.0 if need > freshness.BOUND_MARGIN else 1 - need
             lines.append(
                 f"policy adaptive (TOPTRACKS_REFRESH_POLICY): new artists first, then lists that change often and "
                 f"that readers look at; hard bound D = {self.bound_days:g} day(s) (TOPTRACKS_MAX_LIST_AGE_DAYS): "
                 f"every pair refreshed at least every {self.bound_days:g} day(s); at most {100 * free:.0f} % of the "
-                "budget goes where lists change (a larger D frees more)"
+                f"budget goes where lists change (none while the bound takes over {100 * freshness.BOUND_MARGIN:.0f} "
+                "%; a larger D frees more)"
             )
         else:
             lines.append("policy uniform (TOPTRACKS_REFRESH_POLICY): the stalest pairs first")

@@ -317,7 +317,7 @@ def expected_stale_share(
     low, high = 0.0, max(gain(w, r, max_age_days) for w, r in pairs)
     if per_pair_budget <= 0:
         return 1.0
-    if len(pairs) / max_age_days >= per_pair_budget:  # no room above the bound: every policy is the rotation
+    if len(pairs) / max_age_days > BOUND_MARGIN * per_pair_budget:  # the bound takes it all: the rotation
         intervals = [len(pairs) / per_pair_budget] * len(pairs)
     else:
         for _ in range(40):
