@@ -195,19 +195,19 @@ def test_the_attention_column_is_read_per_valid_id_and_a_missing_one_is_named(ar
             "INSERT INTO artists (id, followers, note) VALUES (%s, %s, %s)",
             [(f" {a} ", 1200, "x"), (b, None, "y"), (c, -5, "z"), ("bad", 7, "w")],
         )
-    assert mysql_db(artists_table, attention_column="followers").read_attention() == {a: 1200.0}
-    assert mysql_db(artists_table, attention_column="note").read_attention() == {}  # not numbers: none
+    assert mysql_db(artists_table, attention_column="followers").read_ids().attention == {a: 1200.0}
+    assert mysql_db(artists_table, attention_column="note").read_ids().attention == {}  # not numbers: none
     with pytest.raises(ArtistsDatabaseUnusable, match="Unknown column 'fans'"):
-        mysql_db(artists_table, attention_column="fans").read_attention()
+        mysql_db(artists_table, attention_column="fans").read_ids()
     with pytest.raises(ArtistsDatabaseUnusable, match="not a plain identifier"):
-        mysql_db(artists_table, attention_column="id FROM x --").read_attention()
+        mysql_db(artists_table, attention_column="id FROM x --").read_ids()
     path = tmp_path / "artists.sqlite"
     with sqlite3.connect(path) as connection:
         connection.execute("CREATE TABLE artists (id TEXT, priority REAL)")
         connection.executemany("INSERT INTO artists VALUES (?, ?)", [(a, 2.5), (b, "high"), (c.encode(), 4)])
-    assert SQLiteArtistsDatabase(path=str(path), attention_column="priority").read_attention() == {a: 2.5, c: 4.0}
+    assert SQLiteArtistsDatabase(path=str(path), attention_column="priority").read_ids().attention == {a: 2.5, c: 4.0}
     with pytest.raises(ArtistsDatabaseUnusable, match="no such column"):
-        SQLiteArtistsDatabase(path=str(path), attention_column="fans").read_attention()
+        SQLiteArtistsDatabase(path=str(path), attention_column="fans").read_ids()
 
 
 def test_table_name_must_be_an_identifier(artists_table):

@@ -41,15 +41,13 @@ class SnapshotUnreadable(PermanentError):
 
 
 def write_artist_ids_snapshot(
-    storage: RawStorage, screened: ScreenedArtistIds, source: str, read_at: str, attention: dict | None = None
+    storage: RawStorage, screened: ScreenedArtistIds, source: str, read_at: str
 ) -> PendingObject:
-    """Write the snapshot aside; the caller publishes or discards the returned PendingObject. `attention`: artist
-    id -> the artists table's attention column, when one is named."""
+    """Write the snapshot aside; the caller publishes or discards the returned PendingObject."""
     snapshot = {"source": source, "read_at": read_at, "rows": screened.rows, "duplicates": screened.duplicates}
     snapshot.update(invalid_rows=screened.invalid_rows, invalid=screened.invalid, fingerprint=screened.fingerprint)
-    if attention is not None:
-        valid = set(screened.valid)
-        snapshot["attention"] = {a: w for a, w in attention.items() if a in valid}
+    if screened.attention is not None:
+        snapshot["attention"] = screened.attention
     with storage.write_aside(ARTIST_IDS_KEY) as (stream, pending):
         json.dump({**snapshot, "ids": screened.valid}, stream)
     return pending
@@ -71,6 +69,12 @@ def read_snapshot(storage: RawStorage, missing_ok: bool = False) -> dict | None:
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get("ids"), list):
         raise SnapshotUnreadable(f"artist id snapshot {uri} has no `ids` list")
     return snapshot
+
+
+def snapshot_attention(snapshot: dict | None) -> dict | None:
+    """The snapshot's artist id -> attention column value (None: no column named)."""
+    attention = (snapshot or {}).get("attention")
+    return attention if isinstance(attention, dict) else None
 
 
 @observable_source_asset(
@@ -159,7 +163,6 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
     read_at = utc_now_iso()
     with permanent_errors():
         screened = artists_db.read_ids()
-        attention = artists_db.read_attention() if artists_db.attention_column else None
     if screened.invalid_rows:
         context.log.warning(f"{screened.invalid_rows} invalid artist id row(s) skipped, e.g. {screened.invalid[:5]}")
     try:
@@ -168,7 +171,7 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
         previous = error
     source = {"source": artists_db.describe(), "read_at": read_at}
     checks = evaluate_artist_ids_checks(screened, source, previous, context.run.tags)
-    pending = write_artist_ids_snapshot(raw_storage, screened, artists_db.describe(), read_at, attention)
+    pending = write_artist_ids_snapshot(raw_storage, screened, artists_db.describe(), read_at)
     blocked = failed_blocking(checks, ARTIST_IDS_CHECK_SPECS)
     (pending.discard if blocked else pending.publish)()
     yield MaterializeResult(
@@ -182,7 +185,7 @@ def artist_ids(context: AssetExecutionContext, artists_db: ArtistsDatabase, raw_
             "fingerprint": screened.fingerprint,
             "snapshot": MetadataValue.path(raw_storage.uri(ARTIST_IDS_KEY)),
             **source,
-            **({} if attention is None else {"ids_with_attention": len(attention)}),
+            **({} if screened.attention is None else {"ids_with_attention": len(screened.attention)}),
         }
     )
     yield from emit_check_results(context, {market: checks for market in context.partition_keys})

@@ -46,10 +46,19 @@ class ScreenedArtistIds:
     invalid_rows: int = 0
     duplicates: int = 0  # rows that repeated an id already seen (after trimming)
     rows: int = 0
+    attention: dict[str, float] | None = None  # valid id -> the attention column's number, when one is named
 
     @property
     def fingerprint(self) -> str:
         return id_set_fingerprint(self.valid)
+
+
+def _screened(value: object) -> str | None:
+    """One raw `artists.id` value as a valid artist id (decoded, trimmed), or None."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    text = value.strip(WHITESPACE) if isinstance(value, str) else None
+    return text if text is not None and is_valid_spotify_id(text) else None
 
 
 def screen_artist_ids(values: Iterable[object]) -> ScreenedArtistIds:
@@ -58,10 +67,8 @@ def screen_artist_ids(values: Iterable[object]) -> ScreenedArtistIds:
     seen: set[str] = set()
     for value in values:
         screened.rows += 1
-        if isinstance(value, (bytes, bytearray)):
-            value = bytes(value).decode("utf-8", errors="replace")
-        text = value.strip(WHITESPACE) if isinstance(value, str) else None
-        if text is None or not is_valid_spotify_id(text):
+        text = _screened(value)
+        if text is None:
             screened.invalid_rows += 1
             shown = repr(value)[:80]
             if len(screened.invalid) < _INVALID_SAMPLE and shown not in screened.invalid:
@@ -120,23 +127,28 @@ class ArtistsDatabase(ConfigurableResource, ABC):
         return (row[0] for row in self._select("SELECT id FROM {table}"))
 
     def read_ids(self) -> ScreenedArtistIds:
-        return screen_artist_ids(self.rows())
-
-    def read_attention(self) -> dict[str, float]:
-        """Artist id -> the attention column's value, for rows whose id is valid and value a number >= 0."""
+        """The screened ids; with `attention_column`, each valid id's number in it too, from the same query."""
         column = self.attention_column
-        if not column or not _IDENTIFIER_RE.match(column):
+        if not column:
+            return screen_artist_ids(self.rows())
+        if not _IDENTIFIER_RE.match(column):
             raise ArtistsDatabaseUnusable(f"{self.describe()}: attention column {column!r} is not a plain identifier")
-        found = {}
-        for artist_id, value in self._select(f"SELECT id, {column} FROM {{table}}"):
-            ids, number = screen_artist_ids([artist_id]).valid, _number(value)
-            if ids and number is not None:
-                found[ids[0]] = number
-        return found
+        attention: dict[str, float] = {}
+
+        def ids() -> Iterator[object]:
+            for value, weight in self._select(f"SELECT id, {column} FROM {{table}}"):
+                number, artist_id = _number(weight), _screened(value)
+                if number is not None and artist_id is not None:
+                    attention[artist_id] = number
+                yield value
+
+        screened = screen_artist_ids(ids())
+        screened.attention = attention
+        return screened
 
     def fingerprint(self) -> str:
         """The screened id set's fingerprint; equal to `read_ids().fingerprint`."""
-        return self.read_ids().fingerprint
+        return screen_artist_ids(self.rows()).fingerprint
 
     def _checked_table(self) -> str:
         # The table name is configuration, yet spliced into SQL: plain identifiers only.

@@ -134,7 +134,7 @@ def _expected_lines(rotation) -> list[str]:
 
 def _stored_states() -> list:
     """Every stored pair's planner state, from the raw partitions (none when storage holds none yet)."""
-    from toptracks_dagster.artists_db.assets import read_snapshot
+    from toptracks_dagster.artists_db.assets import read_snapshot, snapshot_attention
     from toptracks_dagster.deployments import build_resources
     from toptracks_dagster.spotify import freshness
     from toptracks_dagster.spotify.raw import RawPartition, RawPartitionIncomplete
@@ -148,10 +148,8 @@ def _stored_states() -> list:
             partition = None
         states += partition.states if partition else []
     try:
-        snapshot = read_snapshot(storage, missing_ok=True) or {}
+        snapshot = read_snapshot(storage, missing_ok=True)
     except config.PermanentError:
-        snapshot = {}
-    freshness.apply_attention(
-        states, snapshot.get("attention") if isinstance(snapshot.get("attention"), dict) else None
-    )
+        snapshot = None
+    freshness.apply_attention(states, snapshot_attention(snapshot))
     return states

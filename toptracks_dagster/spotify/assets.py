@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from toptracks_dagster import config as settings
-from toptracks_dagster.artists_db.assets import artist_ids, read_snapshot
+from toptracks_dagster.artists_db.assets import artist_ids, read_snapshot, snapshot_attention
 from toptracks_dagster.check_results import emit_check_results
 from toptracks_dagster.common import utc_now_iso
 from toptracks_dagster.jobs import country_partitions
@@ -86,7 +86,7 @@ def raw_top_tracks(
     with settings.permanent_errors():
         snapshot = read_snapshot(raw_storage)
     listed = sorted(set(snapshot["ids"]))
-    attention = snapshot.get("attention") if isinstance(snapshot.get("attention"), dict) else None
+    attention = snapshot_attention(snapshot)
     previous = {}
     for market in markets:
         try:

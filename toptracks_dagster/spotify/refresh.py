@@ -137,11 +137,14 @@ def plan_pairs(
     known = {m: {s.artist_id: s for s in states.get(m) or []} for m in markets}
     prior = {m: freshness.pooled_prior(known[m].values()) for m in markets}
     now = datetime.now(timezone.utc).timestamp()
-    chosen: list[PairState] = []
-    for group in [markets] if config.pairs else [[m] for m in markets]:
-        candidates = [known[m].get(a) or PairState(a, m, None, freshness.History()) for a in listed for m in group]
-        freshness.apply_attention(candidates, attention)
-        chosen += freshness.choose(candidates, count, now, bound_days, interval_days, policy, prior, capacity)
+    candidates = [known[m].get(a) or PairState(a, m, None, freshness.History()) for a in listed for m in markets]
+    freshness.apply_attention(candidates, attention)
+    groups = [candidates] if config.pairs else [[s for s in candidates if s.market == m] for m in markets]
+    chosen = [
+        state
+        for group in groups
+        for state in freshness.choose(group, count, now, bound_days, interval_days, policy, prior, capacity)
+    ]
     listed_set = set(listed)
     return [
         MarketPlan(
